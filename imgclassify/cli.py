@@ -1,0 +1,242 @@
+"""The command line: parse and validate options, call the library, map errors to exit codes.
+
+The only module that knows about Typer. Heavy imports (torch, flask) happen inside commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .devices import Precision, validate_device
+from .errors import ImgclassifyError
+from .writers import OutputFormat
+
+app = typer.Typer(
+    name="imgclassify",
+    help="Classify images in batches with PyTorch models: files, directories and globs to a table, JSON, JSONL or CSV.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+log = logging.getLogger("imgclassify")
+
+
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("imgclassify: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
+    logging.addLevelName(logging.WARNING, "warning")
+    logging.addLevelName(logging.ERROR, "error")
+    logging.addLevelName(logging.INFO, "info")
+    logging.addLevelName(logging.DEBUG, "debug")
+
+
+@contextlib.contextmanager
+def reporting_errors() -> Iterator[None]:
+    """The one place where library errors become a stderr line and an exit code."""
+    try:
+        yield
+    except ImgclassifyError as exc:
+        typer.echo(f"imgclassify: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("imgclassify: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imgclassify {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
+) -> None:
+    """Classify images in batches with PyTorch models."""
+
+
+def _device(value: str) -> str:
+    try:
+        return validate_device(value)
+    except ImgclassifyError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name (see `imgclassify models`). Default: densenet121, or the bundled efficientnet_lite0 when DenseNet's weights cannot be had offline.",
+    ),
+]
+WeightsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--weights",
+        help="Local checkpoint (state_dict) for the chosen architecture; loaded weights-only.",
+        dir_okay=False,
+    ),
+]
+LabelsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--labels", help='Labels JSON: {"0": ["wnid", "name"]}, {"0": "name"} or ["name", ...].', dir_okay=False
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", "-d", callback=_device, help="auto, cpu, cuda, cuda:N or mps. auto: cuda, then mps, then cpu."
+    ),
+]
+PrecisionOpt = Annotated[
+    Precision, typer.Option("--precision", help="fp32 (exact), or bf16/fp16 autocast where the device supports it.")
+]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image, with probabilities.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only errors on stderr: no progress, warnings or summary.")
+]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download weights (also: IMGCLASSIFY_OFFLINE=1).")]
+
+
+@app.command()
+def predict(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories (walked recursively), quoted globs (** works), or - to read paths from stdin.",
+            show_default=False,
+        ),
+    ],
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.FP32,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 8,
+    top_k: TopKOpt = 1,
+    output_format: Annotated[
+        Optional[OutputFormat],
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output format. Default: table on a terminal, else JSONL (or from --output's suffix).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write records to FILE instead of stdout.", dir_okay=False)
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Decoding processes beside the model (0: decode in the main process). Default: from the cores available.",
+            show_default=False,
+        ),
+    ] = None,
+    progress: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr. Default: when stderr is a terminal.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
+    from .runner import PredictOptions, run_predict
+
+    _setup_logging(quiet)
+    if offline:
+        import os
+
+        from .weights import OFFLINE_ENV
+
+        os.environ[OFFLINE_ENV] = "1"
+    options = PredictOptions(
+        inputs=paths, model=model, weights=weights, labels=labels, device=device, precision=precision,
+        batch_size=batch_size, top_k=top_k, workers=workers, output_format=output_format, output=output,
+        quiet=quiet, progress=progress,
+    )  # fmt: skip
+    with reporting_errors():
+        summary = run_predict(options)
+    if not quiet:
+        typer.echo(f"imgclassify: {summary.line()}", err=True)
+    raise typer.Exit(summary.exit_code)
+
+
+class ListFormat(str, enum.Enum):
+    TABLE = "table"
+    JSON = "json"
+
+
+@app.command("models")
+def list_models(
+    output_format: Annotated[
+        Optional[ListFormat],
+        typer.Option("--format", "-f", help="table (default on a terminal) or json.", show_default=False),
+    ] = None,
+) -> None:
+    """List the models: name, parameters, input size, and whether their weights work offline now."""
+    from .registry import registry
+
+    rows = [
+        {
+            "name": spec.name,
+            "params_m": round(spec.num_params / 1e6, 1),
+            "input_size": spec.preprocess.crop_size,
+            "top1": spec.top1,
+            "weights": spec.weights_status().value,
+        }
+        for spec in registry().values()
+    ]
+    specs = list(registry().values())
+    fmt = output_format or (ListFormat.TABLE if sys.stdout.isatty() else ListFormat.JSON)
+    if fmt is ListFormat.JSON:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="imgclassify models", box=None, pad_edge=False)
+    for column, justify in (
+        ("name", "left"),
+        ("params (M)", "right"),
+        ("input", "right"),
+        ("top-1 %", "right"),
+        ("weights", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for spec in specs:
+        table.add_row(
+            spec.name,
+            f"{spec.num_params / 1e6:.1f}",
+            str(spec.preprocess.crop_size),
+            f"{spec.top1:.1f}" if spec.top1 else "",
+            spec.weights_status().value,
+        )
+    Console(highlight=False).print(table)

@@ -1,0 +1,58 @@
+"""One exception hierarchy for the whole project.
+
+Every error the library raises on purpose is an :class:`ImgclassifyError`. The CLI turns it
+into one line on stderr and the exit code carried by the class (see ``cli.main``); the server
+turns it into a JSON error. Messages name the fix, not just the fault.
+"""
+
+from __future__ import annotations
+
+
+class ImgclassifyError(Exception):
+    """Base class: a problem the user can act on. ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 1
+
+
+class UsageError(ImgclassifyError):
+    """Bad options or arguments (exit code 2, like any usage error)."""
+
+    exit_code = 2
+
+
+class NoImagesError(UsageError):
+    """The inputs expanded to no image at all."""
+
+
+class ModelError(ImgclassifyError):
+    """A model cannot be built: unknown name, weights missing, checkpoint mismatch."""
+
+    exit_code = 2
+
+
+class UnknownModelError(ModelError):
+    """The model name is not in the registry."""
+
+
+class WeightsUnavailableError(ModelError):
+    """The weights are neither cached nor downloadable (for example offline)."""
+
+
+class CheckpointError(ModelError):
+    """A --weights file cannot be read or does not fit the architecture."""
+
+
+class LabelsError(ImgclassifyError):
+    """A labels file is malformed or does not match the model's class count."""
+
+    exit_code = 2
+
+
+class DeviceError(ImgclassifyError):
+    """The requested device or precision is not available here."""
+
+    exit_code = 2
+
+
+class ImageError(ImgclassifyError):
+    """One input file could not be read or decoded. Becomes an error record, never a crash."""

@@ -1,0 +1,72 @@
+"""The records a classification run yields, one per input file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of the top-k classes for an image."""
+
+    class_id: int
+    wnid: str | None
+    class_name: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class_id": self.class_id,
+            "wnid": self.wnid,
+            "class_name": self.class_name,
+            "probability": self.probability,
+        }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one input: its best class, optionally the top k, or an ``error``."""
+
+    path: str
+    top: tuple[Candidate, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.top[0] if self.top else None
+
+    @property
+    def class_id(self) -> int | None:
+        return self.top[0].class_id if self.top else None
+
+    @property
+    def class_name(self) -> str | None:
+        return self.top[0].class_name if self.top else None
+
+    @property
+    def wnid(self) -> str | None:
+        return self.top[0].wnid if self.top else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.top[0].probability if self.top else None
+
+    def to_dict(self, *, top_k: bool | None = None) -> dict[str, Any]:
+        """The record as documented in the README: fixed keys, ``top_k`` when k > 1."""
+        best = self.best
+        record: dict[str, Any] = {
+            "path": self.path,
+            "class_id": best.class_id if best else None,
+            "wnid": best.wnid if best else None,
+            "class_name": best.class_name if best else None,
+            "probability": best.probability if best else None,
+        }
+        if top_k if top_k is not None else len(self.top) > 1:
+            record["top_k"] = [c.to_dict() for c in self.top]
+        record["error"] = self.error
+        return record
