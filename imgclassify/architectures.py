@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _DENSENET_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 # EfficientNet-Lite0 (lukemelas EfficientNet-PyTorch layout) -> timm tf_efficientnet_lite0

@@ -89,9 +89,13 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> Expande
     """
     result = ExpandedInputs()
     seen: set[str] = set()
+    skipped: set[str] = set()
+
+    def key_of(path: str) -> str:
+        return os.path.normcase(os.path.abspath(path))
 
     def add(path: str) -> None:
-        key = os.path.normcase(os.path.abspath(path))
+        key = key_of(path)
         if key in seen:
             result.duplicates += 1
             return
@@ -102,7 +106,8 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> Expande
         for path in candidates:
             if is_image_name(path):
                 add(path)
-            else:
+            elif key_of(path) not in skipped:
+                skipped.add(key_of(path))
                 result.skipped_non_images += 1
 
     def expand_one(item: str) -> None:
@@ -125,7 +130,7 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> Expande
                 else:
                     add_candidates([match])
         else:
-            if os.path.normcase(os.path.abspath(item)) not in seen:
+            if key_of(item) not in seen:
                 result.missing.append(item)
             add(item)  # reported as a per-file error ("no such file"), the run goes on
 

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,7 +106,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     import torch
 
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are noise to users
+            obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"weights file not found: {path}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
