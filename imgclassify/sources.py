@@ -32,7 +32,7 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders embedded numbers by value: ``a2 < a10``; case-insensitive."""
     parts = _DIGITS.split(text)
-    return tuple((1, int(p)) if p.isdigit() else (0, p.casefold()) for p in parts if p)
+    return tuple((0, int(p)) if p.isdigit() else (1, p.casefold()) for p in parts if p)
 
 
 def is_image_name(path: str) -> bool:

@@ -68,7 +68,7 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
     """Write a variant of a sample photo: ``make_image("x.png", mode="L")``."""
 
     def make(name: str, *, source: str = "labrador.jpg", mode: str | None = None, **save: object) -> Path:
-        image = Image.open(SAMPLES / source)
+        image: Image.Image = Image.open(SAMPLES / source)
         if mode is not None:
             image = image.convert(mode)
         path = tmp_path / name

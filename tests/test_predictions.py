@@ -45,11 +45,6 @@ def test_labelled_imagenet_accuracy(lite0) -> None:  # type: ignore[no-untyped-d
     assert top5 >= 47
 
 
-def _probability_of(clf, path: Path, class_id: int) -> float:  # type: ignore[no-untyped-def]
-    pred = clf.predict_file(path, top_k=clf.num_classes)
-    return next(c.probability for c in pred.top if c.class_id == class_id)
-
-
 @pytest.mark.parametrize(
     ("name", "mode", "expected"),
     [("gray.png", "L", 208), ("palette.png", "P", 208), ("cmyk.jpg", "CMYK", 208), ("la.png", "LA", 208)],
@@ -123,7 +118,7 @@ def test_bad_files_become_error_records(lite0, bad_files) -> None:  # type: igno
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batch_invariance_with_a_corrupt_file_in_the_middle(lite0, bad_files, workers: int) -> None:  # type: ignore[no-untyped-def]
     photos = sorted(SAMPLES.glob("*.jpg")) + sorted(LABELLED.glob("*.JPEG"))[:6]
-    paths = photos[:5] + [bad_files["corrupt"]] + photos[5:]
+    paths = [*photos[:5], bad_files["corrupt"], *photos[5:]]
     runs = {bs: list(lite0.predict(paths, batch_size=bs, top_k=3, workers=workers)) for bs in (1, 3, 32)}
     base = runs[1]
     assert base[5].error is not None and all(p.ok for i, p in enumerate(base) if i != 5)

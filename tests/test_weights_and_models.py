@@ -22,7 +22,9 @@ def reference_probs(model: torch.nn.Module, path: Path) -> torch.Tensor:
     from PIL import Image
     from torchvision import transforms as T
 
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = T.Compose(
+        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
     with torch.inference_mode():
         return torch.softmax(model.eval()(tf(Image.open(path).convert("RGB"))[None]), 1)[0]
 
@@ -51,7 +53,10 @@ def test_densenet_from_hub_cache_is_the_default(cached_densenet: Path, caplog: p
 def test_densenet_original_key_layout_is_accepted(densenet_weights: Path, tmp_path: Path) -> None:
     """torchvision's published densenet121 file uses old keys like ``norm.1.weight``."""
     state = torch.load(densenet_weights, weights_only=True)
-    old = {k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2.") if "denselayer" in k else k: v for k, v in state.items()}
+    old = {
+        k.replace("norm1.", "norm.1.").replace("conv2.", "conv.2.") if "denselayer" in k else k: v
+        for k, v in state.items()
+    }
     assert any(".norm.1." in k for k in old)
     torch.save(old, tmp_path / "old.pth")
     clf = load_classifier("densenet121", weights=tmp_path / "old.pth", device="cpu")
@@ -161,7 +166,7 @@ def test_label_file_formats(tmp_path: Path) -> None:
 
 
 def test_unknown_model_suggests() -> None:
-    with pytest.raises(UnknownModelError, match="Did you mean: .*resnet50"):
+    with pytest.raises(UnknownModelError, match=r"Did you mean: .*resnet50"):
         get_spec("resnet5")
 
 
