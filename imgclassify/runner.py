@@ -136,7 +136,7 @@ def run_predict(
                         summary.classified += 1
                     else:
                         summary.failed += 1
-                        log.debug("%s: %s", record.path, record.error)
+                        log.warning("%s: %s", record.path, record.error)
                 bar.update(len(batch))
         finally:
             writer.close()
