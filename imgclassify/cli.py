@@ -240,3 +240,69 @@ def list_models(
             spec.weights_status().value,
         )
     Console(highlight=False).print(table)
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    labels: LabelsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.FP32,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="Default number of classes per answer (?top_k= overrides).")
+    ] = 1,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for every interface.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port.")] = 5000,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Request threads per worker process.")] = 8,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Worker processes, each with its own model copy.")
+    ] = 1,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body accepted (413 beyond).")
+    ] = 20.0,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", min=1, help="Most images stacked into one forward pass.")
+    ] = 8,
+    max_batch_delay_ms: Annotated[
+        float,
+        typer.Option("--max-batch-delay-ms", min=0.0, help="How long a request waits for others to share its batch."),
+    ] = 5.0,
+    no_batching: Annotated[
+        bool, typer.Option("--no-batching", help="One request per forward pass (same as --max-batch-size 1).")
+    ] = False,
+    quiet: QuietOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /healthz, /readyz, /metrics."""
+    _setup_logging(quiet)
+    with reporting_errors():
+        from .labels import load_labels
+        from .pipeline import resolve_model
+        from .server import ServerConfig, require_flask
+        from .server import serve as run_server
+
+        require_flask()
+        if offline:
+            import os
+
+            from .weights import OFFLINE_ENV
+
+            os.environ[OFFLINE_ENV] = "1"
+        # fail here, with a clear message, rather than in a worker process
+        spec, _ = resolve_model(model, weights=weights, progress=not quiet)
+        if labels is not None:
+            load_labels(labels)
+        from .devices import resolve_device
+
+        resolve_device(device)
+        config = ServerConfig(
+            model=spec.name, weights=str(weights) if weights else None, labels=str(labels) if labels else None,
+            device=device, precision=precision.value, top_k=top_k, max_upload_mb=max_upload_mb,
+            max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
+        )  # fmt: skip
+        if not quiet:
+            typer.echo(f"imgclassify: serving {spec.name} on http://{host}:{port} (POST /predict)", err=True)
+        run_server(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)

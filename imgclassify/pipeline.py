@@ -125,7 +125,7 @@ class Classifier:
                 logits = self.model(x)
             return torch.softmax(logits.float(), dim=1).cpu()
 
-    def _candidates(self, probs: torch.Tensor, top_k: int) -> list[tuple[Candidate, ...]]:
+    def candidates(self, probs: torch.Tensor, top_k: int) -> list[tuple[Candidate, ...]]:
         values, indices = probs.topk(min(top_k, self.num_classes), dim=1)
         rows = []
         for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True):
@@ -174,7 +174,7 @@ class Classifier:
             tops: dict[int, tuple[Candidate, ...]] = {}
             if good:
                 probs = self.forward_uint8(torch.stack([item.tensor for item in good]))
-                tops = {item.index: row for item, row in zip(good, self._candidates(probs, top_k), strict=True)}
+                tops = {item.index: row for item, row in zip(good, self.candidates(probs, top_k), strict=True)}
             yield [
                 Prediction(names[item.index], tops[item.index]) if item.error is None
                 else Prediction(names[item.index], error=item.error)
@@ -197,7 +197,7 @@ class Classifier:
         if not images:
             return []
         batch = torch.stack([preprocess(image, self.preprocess_config) for image in images])
-        rows = self._candidates(self.forward_uint8(batch), top_k)
+        rows = self.candidates(self.forward_uint8(batch), top_k)
         labels = names or [f"<image {i}>" for i in range(len(images))]
         return [Prediction(label, row) for label, row in zip(labels, rows, strict=True)]
 
@@ -225,6 +225,32 @@ def _configure_threads() -> None:
         torch.set_num_threads(cores)
 
 
+def resolve_model(
+    model: str | None, *, weights: str | Path | None = None, allow_download: bool | None = None, progress: bool = False
+) -> tuple[ModelSpec, Path]:
+    """The model to use and the weights file to load, applying the default-model fallback.
+
+    No torch import: the server checks this in its parent process before starting workers.
+    """
+    allow = (not offline_requested()) if allow_download is None else allow_download
+    spec = get_spec(model or DEFAULT_MODEL)
+    if weights is not None:
+        return spec, Path(weights)
+    try:
+        return spec, resolve_weights(spec, allow_download=allow, progress=progress)
+    except WeightsUnavailableError as exc:
+        if model is not None:
+            raise
+        fallback = get_spec(FALLBACK_MODEL)
+        log.warning(
+            "%s weights are unavailable (%s); using the bundled %s instead. To insist on %s, "
+            "pass --model %s with --weights FILE or with its file placed in the cache",
+            DEFAULT_MODEL, str(exc).split(": ", 2)[-1].split(". Fixes")[0], fallback.name,
+            DEFAULT_MODEL, DEFAULT_MODEL,
+        )  # fmt: skip
+        return fallback, resolve_weights(fallback, allow_download=allow, progress=progress)
+
+
 def load_classifier(
     model: str | None = None,
     *,
@@ -244,27 +270,8 @@ def load_classifier(
     """
     precision = Precision(precision)
     torch_device = resolve_device(device)
-    allow = (not offline_requested()) if allow_download is None else allow_download
-    spec = get_spec(model or DEFAULT_MODEL)
-    if weights is not None:
-        path = Path(weights)
-        source = str(path)
-    else:
-        try:
-            path = resolve_weights(spec, allow_download=allow, progress=progress)
-        except WeightsUnavailableError as exc:
-            if model is not None:
-                raise
-            fallback = get_spec(FALLBACK_MODEL)
-            log.warning(
-                "%s weights are unavailable (%s); using the bundled %s instead. To insist on %s, "
-                "pass --model %s with --weights FILE or with its file placed in the cache",
-                DEFAULT_MODEL, str(exc).split(": ", 2)[-1].split(". Fixes")[0], fallback.name,
-                DEFAULT_MODEL, DEFAULT_MODEL,
-            )  # fmt: skip
-            spec = fallback
-            path = resolve_weights(spec, allow_download=allow, progress=progress)
-        source = spec.weights_status().value
+    spec, path = resolve_model(model, weights=weights, allow_download=allow_download, progress=progress)
+    source = str(path) if weights is not None else spec.weights_status().value
     from .architectures import build_with_state
 
     _configure_threads()

@@ -1,0 +1,352 @@
+"""The HTTP endpoint: the tutorial's Flask contract, on the shared pipeline, with dynamic batching.
+
+    gunicorn --threads 8 "imgclassify.server:create_app()"   # configured by IMGCLASSIFY_* variables
+
+Routes: ``GET /`` (the tutorial's hint), ``POST /predict`` (multipart field ``file``, repeated
+for several images; ``?top_k=K``), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+Every error is JSON with the right status; uploads stay in memory and never reach the disk.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from .errors import ImageError, ImgclassifyError, UsageError
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
+
+    from .batching import DynamicBatcher
+    from .pipeline import Classifier
+
+log = logging.getLogger("imgclassify.server")
+
+ROOT_MESSAGE = {"msg": "Try POSTing to the /predict endpoint with an RGB image attachment"}
+ENV_PREFIX = "IMGCLASSIFY_"
+INSTALL_HINT = "the server needs Flask: pipx install 'imgclassify[serve]' (or: pipx inject imgclassify flask gunicorn prometheus-client)"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``create_app`` needs; ``from_env`` reads ``IMGCLASSIFY_<FIELD>`` variables."""
+
+    model: str | None = None
+    weights: str | None = None
+    labels: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    top_k: int = 1
+    max_upload_mb: float = 20.0
+    max_batch_size: int = 8
+    max_batch_delay_ms: float = 5.0
+    request_timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = str(f.type)
+            try:
+                values[f.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+            except ValueError:
+                raise UsageError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
+        return cls(**values)
+
+
+def require_flask() -> None:
+    try:
+        import flask  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "imgclassify_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "imgclassify_http_request_duration_seconds", "Request latency by route", ["route"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )  # fmt: skip
+        self.images = Counter("imgclassify_images", "Images received, by outcome", ["outcome"], registry=self.registry)
+        self.batch_size = Histogram(
+            "imgclassify_batch_size",
+            "Images per forward pass",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.ready = Gauge("imgclassify_ready", "1 once the model is loaded and warmed up", registry=self.registry)
+
+
+class _State:
+    """What the routes share: the classifier, its batcher, readiness."""
+
+    def __init__(self, classifier: Classifier, config: ServerConfig, metrics: _Metrics) -> None:
+        from .batching import DynamicBatcher
+
+        self.classifier = classifier
+        self.config = config
+        self.metrics = metrics
+        self.ready = threading.Event()
+        self.batcher: DynamicBatcher = DynamicBatcher(
+            classifier.forward_uint8,
+            max_batch_size=config.max_batch_size,
+            max_delay_s=config.max_batch_delay_ms / 1000.0,
+            on_batch=metrics.batch_size.observe,
+        )
+
+    def warm_up(self) -> None:
+        try:
+            self.classifier.warm_up(1)
+            if self.config.max_batch_size > 1:
+                self.classifier.warm_up(self.config.max_batch_size)
+        except Exception:  # pragma: no cover - reported by /readyz staying 503
+            log.exception("warm-up failed")
+            return
+        self.ready.set()
+        self.metrics.ready.set(1)
+        log.info("model %s ready on %s", self.classifier.name, self.classifier.device)
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> tuple[Response, int]:
+    from flask import jsonify
+
+    return jsonify({"error": error, "message": message, **extra}), status
+
+
+def create_app(
+    config: ServerConfig | None = None, *, classifier: Classifier | None = None, warm_up_async: bool = True
+) -> Flask:
+    """The Flask app. Loads the model now (unless ``classifier`` is given) and warms it up in the background."""
+    require_flask()
+    from flask import Flask, Request, g, jsonify, request
+    from werkzeug.exceptions import HTTPException
+
+    config = config or ServerConfig.from_env()
+    if classifier is None:
+        from .pipeline import load_classifier
+
+        classifier = load_classifier(
+            config.model, weights=config.weights, labels=config.labels, device=config.device, precision=config.precision
+        )
+    classifier.check_top_k(config.top_k)
+
+    class InMemoryRequest(Request):
+        """Uploads are parsed into memory (Werkzeug spools large files to disk by default)."""
+
+        def _get_file_stream(self, *args: Any, **kwargs: Any) -> io.BytesIO:
+            return io.BytesIO()
+
+    app = Flask("imgclassify")
+    app.request_class = InMemoryRequest
+    app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024)
+    app.config["MAX_FORM_MEMORY_SIZE"] = int(config.max_upload_mb * 1024 * 1024)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    metrics = _Metrics()
+    state = _State(classifier, config, metrics)
+    app.extensions["imgclassify"] = state
+    if warm_up_async:
+        threading.Thread(target=state.warm_up, name="imgclassify-warmup", daemon=True).start()
+    else:
+        state.warm_up()
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.start = time.perf_counter()
+        g.images = 0
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        elapsed = time.perf_counter() - g.get("start", time.perf_counter())
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        images = f" {g.images} image(s)" if g.get("images") else ""
+        log.info(
+            '%s "%s %s" %s %.1fms%s',
+            request.remote_addr,
+            request.method,
+            request.path,
+            response.status_code,
+            elapsed * 1000,
+            images,
+        )
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        messages = {
+            404: "no such route: try GET / or POST /predict",
+            405: f"method {request.method} not allowed here",
+            413: f"upload larger than the limit of {config.max_upload_mb:g} MB",
+        }
+        return _error(
+            status, (exc.name or "error").lower().replace(" ", "_"), messages.get(status, exc.description or "")
+        )
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the server failed to handle this request; see its log")
+
+    @app.get("/")
+    def root() -> Response:
+        return jsonify(ROOT_MESSAGE)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        if state.ready.is_set():
+            return jsonify({"status": "ready", "model": classifier.name, "device": str(classifier.device)}), 200
+        return jsonify({"status": "loading", "model": classifier.name}), 503
+
+    @app.get("/metrics")
+    def metrics_route() -> Response:
+        from flask import Response as FlaskResponse
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return FlaskResponse(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict")
+    def predict() -> tuple[Response, int]:
+        uploads = request.files.getlist("file")
+        if not uploads:
+            return _error(400, "missing_file", "send the image as multipart/form-data in the field 'file'")
+        raw_top_k = request.args.get("top_k")
+        try:
+            top_k = int(raw_top_k) if raw_top_k is not None else config.top_k
+            classifier.check_top_k(top_k)
+        except (ValueError, ImgclassifyError):
+            return _error(400, "bad_top_k", f"top_k must be an integer from 1 to {classifier.num_classes}")
+        if not state.ready.wait(timeout=config.request_timeout_s):
+            return _error(503, "not_ready", "the model is still loading; retry shortly (see /readyz)")
+        g.images = len(uploads)
+        records = _classify(state, uploads, top_k)
+        for record in records:
+            metrics.images.labels("failed" if "error" in record else "classified").inc()
+        if len(uploads) == 1:
+            record = records[0]
+            return jsonify(record), 422 if "error" in record else 200
+        return jsonify({"predictions": records, "model": classifier.name}), 200
+
+    return app
+
+
+def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, Any]]:
+    """Decode each upload, batch the good ones through the dynamic batcher, answer in order."""
+    import torch
+
+    from .imaging import open_image, preprocess
+
+    classifier = state.classifier
+    tensors: list[torch.Tensor | None] = []
+    records: list[dict[str, Any]] = []
+    for upload in uploads:
+        name = os.path.basename(upload.filename or "") or None
+        record: dict[str, Any] = {"filename": name}
+        try:
+            tensors.append(preprocess(open_image(io.BytesIO(upload.read())), classifier.preprocess_config))
+        except ImageError as exc:
+            tensors.append(None)
+            record.update(error="invalid_image", message=str(exc))
+        records.append(record)
+    good = [t for t in tensors if t is not None]
+    if good:
+        probs = state.batcher.submit(torch.stack(good)).result(timeout=state.config.request_timeout_s)
+        rows = iter(classifier.candidates(probs, top_k))
+        for record, tensor in zip(records, tensors, strict=True):
+            if tensor is None:
+                continue
+            top = next(rows)
+            best = top[0]
+            record.update(
+                class_id=best.class_id,
+                class_name=best.class_name,
+                wnid=best.wnid,
+                probability=best.probability,
+                model=classifier.name,
+            )
+            if top_k > 1:
+                record["top_k"] = [c.to_dict() for c in top]
+    return [{k: v for k, v in r.items() if not (k == "filename" and v is None)} for r in records]
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per request on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s imgclassify: %(message)s"))
+    for name in ("imgclassify", "imgclassify.server"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler] if name == "imgclassify" else []
+        logger.propagate = name != "imgclassify"
+        logger.setLevel(level)
+
+
+def serve(
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    threads: int = 8,
+    workers: int = 1,
+    quiet: bool = False,
+) -> None:
+    """Run ``create_app(config)`` under gunicorn's threaded worker (blocks until stopped)."""
+    require_flask()
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+
+    factory: Callable[[], Flask] = lambda: create_app(config)  # noqa: E731
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {
+                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "workers": workers,
+                "threads": threads,
+                "worker_class": "gthread",
+                "timeout": max(120, int(config.request_timeout_s) * 2),
+                "graceful_timeout": 10,
+                "accesslog": None,
+                "errorlog": "-",
+                "loglevel": "warning" if quiet else "info",
+                "proc_name": "imgclassify-serve",
+                "post_worker_init": lambda worker: configure_logging(logging.WARNING if quiet else logging.INFO),
+            }
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: no control socket in $HOME
+                options["control_socket_disable"] = True
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return factory()
+
+    configure_logging(logging.WARNING if quiet else logging.INFO)
+    _Gunicorn().run()
