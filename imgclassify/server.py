@@ -144,6 +144,8 @@ def create_app(
     from werkzeug.exceptions import HTTPException
 
     config = config or ServerConfig.from_env()
+    if not logging.getLogger("imgclassify").handlers:  # e.g. under a plain `gunicorn ...create_app()`
+        configure_logging()
     if classifier is None:
         from .pipeline import load_classifier
 
