@@ -16,7 +16,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -35,14 +34,20 @@ def free_port() -> int:
 def multipart(name: str) -> tuple[bytes, str]:
     boundary = "benchboundary"
     head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
-    return head + (SAMPLES / name).read_bytes() + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+    return head + (
+        SAMPLES / name
+    ).read_bytes() + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def start_server(args: argparse.Namespace, batching: bool) -> tuple[subprocess.Popen[bytes], str]:
     exe = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
     port = free_port()
     cmd = [exe, "serve", "--port", str(port), "--threads", str(max(args.concurrency) + 2), "-q", "-m", args.model]
-    cmd += ["--max-batch-size", str(args.max_batch_size), "--max-batch-delay-ms", str(args.delay_ms)] if batching else ["--no-batching"]
+    cmd += (
+        ["--max-batch-size", str(args.max_batch_size), "--max-batch-delay-ms", str(args.delay_ms)]
+        if batching
+        else ["--no-batching"]
+    )
     env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -105,8 +110,9 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     args = parser.parse_args()
-    tempfile.tempdir = None
-    print(f"# serve_load: {args.model}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.seconds:g}s per cell")
+    print(
+        f"# serve_load: {args.model}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.seconds:g}s per cell"
+    )
     print("| batching | clients | requests/s | p50 ms | p99 ms | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for batching in (False, True):
