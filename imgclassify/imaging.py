@@ -7,6 +7,7 @@ one bad file never stops a run nor touches the other files' results.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from typing import IO, TYPE_CHECKING
 
@@ -57,12 +58,20 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode image: {text or type(exc).__name__}"
 
 
-def open_image(source: str | os.PathLike[str] | IO[bytes]) -> Image.Image:
-    """Open and fully decode an image as RGB with its EXIF orientation applied."""
+def open_image(source: str | os.PathLike[str] | IO[bytes], *, draft_short_side: int | None = None) -> Image.Image:
+    """Open and fully decode an image as RGB with its EXIF orientation applied.
+
+    ``draft_short_side``: a JPEG at least twice that size on its shorter side is decoded at a
+    reduced scale (libjpeg's DCT scaling, 1/2 to 1/8) that still leaves the shorter side at
+    least that long: several times faster on camera photos, pixels slightly different.
+    """
     try:
         if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) and os.path.getsize(source) == 0:
             raise ImageError("empty file")
         with Image.open(source) as image:
+            if draft_short_side and image.format == "JPEG" and min(image.size) >= 2 * draft_short_side:
+                ratio = draft_short_side / min(image.size)
+                image.draft(image.mode, (math.ceil(image.width * ratio), math.ceil(image.height * ratio)))
             image.load()
             oriented = ImageOps.exif_transpose(image)
             return to_rgb(oriented if oriented is not None else image)
@@ -86,5 +95,8 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     return tensor
 
 
-def load_tensor(source: str | os.PathLike[str] | IO[bytes], config: PreprocessConfig) -> torch.Tensor:
-    return preprocess(open_image(source), config)
+def load_tensor(
+    source: str | os.PathLike[str] | IO[bytes], config: PreprocessConfig, *, fast_decode: bool = False
+) -> torch.Tensor:
+    """``open_image`` then ``preprocess``; ``fast_decode`` decodes big JPEGs at reduced scale."""
+    return preprocess(open_image(source, draft_short_side=config.resize_size if fast_decode else None), config)

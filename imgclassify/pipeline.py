@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from .backends import Backend
 from .devices import Precision, autocast_dtype, resolve_device
 from .errors import ImageError, UsageError, WeightsUnavailableError
 from .imaging import load_tensor, open_image, preprocess
 from .labels import Labels, labels_for
 from .records import Candidate, Prediction
 from .registry import DEFAULT_MODEL, FALLBACK_MODEL, ModelSpec, PreprocessConfig, get_spec
+from .runtime import available_cores, configure_threads, tune_allocator
 from .weights import offline_requested, read_state_dict, resolve_weights
 
 if TYPE_CHECKING:
@@ -33,18 +35,19 @@ log = logging.getLogger("imgclassify")
 PROBABILITY_DECIMALS = 6
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def default_workers(num_images: int, batch_size: int, device_type: str = "cpu") -> int:
+    """Decoding processes beside the model, chosen by measurement (benchmarks/throughput.py).
 
-
-def default_workers(num_images: int, batch_size: int) -> int:
-    """Decode in parallel with the forward pass, but only when there is more than one batch."""
+    On a 2-core CPU the forward pass already uses both cores and a decode process only adds
+    contention (DenseNet-121 fp32: 30.7 images/s decoding in-process, 28.8 with one worker), so
+    small machines decode in-process. GPUs leave the CPU to decoding: use most of its cores.
+    """
     if num_images <= batch_size:
         return 0
-    return max(1, min(4, available_cores() // 2))
+    cores = available_cores()
+    if device_type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 0 if cores <= 2 else max(1, cores // 4)
 
 
 @dataclass(frozen=True)
@@ -57,24 +60,46 @@ class _Item:
 class _FileDataset:
     """Map-style dataset over paths; a failure is returned as data, never raised."""
 
-    def __init__(self, paths: Sequence[str], config: PreprocessConfig) -> None:
+    def __init__(self, paths: Sequence[str], config: PreprocessConfig, fast_decode: bool = False) -> None:
         self.paths = paths
         self.config = config
+        self.fast_decode = fast_decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> _Item:
         try:
-            return _Item(index, load_tensor(self.paths[index], self.config), None)
+            return _Item(index, load_tensor(self.paths[index], self.config, fast_decode=self.fast_decode), None)
         except ImageError as exc:
             return _Item(index, None, str(exc))
         except Exception as exc:
             return _Item(index, None, f"cannot decode image: {type(exc).__name__}: {exc}")
 
 
-def _collate(items: list[_Item]) -> list[_Item]:
-    return items
+@dataclass
+class _Batch:
+    """A collated batch: the good images stacked (uint8 NCHW), the failures by index."""
+
+    indices: list[int]
+    tensor: Any  # torch.Tensor | None: rows for the indices without an error
+    errors: dict[int, str]
+
+    def pin_memory(self) -> _Batch:  # called by DataLoader's pinning thread (CUDA)
+        if self.tensor is not None:
+            self.tensor = self.tensor.pin_memory()
+        return self
+
+
+def _collate(items: list[_Item]) -> _Batch:
+    import torch
+
+    good = [item.tensor for item in items if item.tensor is not None]
+    return _Batch(
+        indices=[item.index for item in items],
+        tensor=torch.stack(good) if good else None,
+        errors={item.index: item.error for item in items if item.error is not None},
+    )
 
 
 class Classifier:
@@ -90,6 +115,9 @@ class Classifier:
         preprocess_config: PreprocessConfig | None = None,
         *,
         weights_source: str = "",
+        fast_decode: bool = False,
+        runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        backend: Backend = Backend.TORCH,
     ) -> None:
         import torch
 
@@ -101,14 +129,26 @@ class Classifier:
         self.precision = precision
         self.preprocess_config = preprocess_config or spec.preprocess
         self.weights_source = weights_source
-        self._autocast = autocast_dtype(precision, device)
+        #: decode big JPEGs at reduced scale (``open_image(draft_short_side=...)``)
+        self.fast_decode = fast_decode
+        self.backend = backend
+        #: an alternative forward (float NCHW -> logits), e.g. OpenVINO; None: the torch model
+        self._runner = runner
+        self._autocast = autocast_dtype(precision, device) if runner is None else None
         self.model = model.to(device).eval()
+        #: NHWC: faster convolutions with oneDNN on CPU and with cuDNN's tensor cores
+        self.channels_last = runner is None and device.type in ("cpu", "cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         cfg = self.preprocess_config
         self._mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1) * 255.0
 
     def __repr__(self) -> str:
-        return f"Classifier(model={self.name!r}, device={str(self.device)!r}, precision={self.precision.value!r})"
+        return (
+            f"Classifier(model={self.name!r}, device={str(self.device)!r}, precision={self.precision.value!r}, "
+            f"backend={self.backend.value!r})"
+        )
 
     # -- tensors -----------------------------------------------------------------------------
     def forward_uint8(self, batch: torch.Tensor) -> torch.Tensor:
@@ -118,7 +158,11 @@ class Classifier:
         with torch.inference_mode():
             x = batch.to(self.device, non_blocking=True).float()
             x = (x - self._mean) / self._std
-            if self._autocast is not None:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self._runner is not None:
+                logits = self._runner(x)
+            elif self._autocast is not None:
                 with torch.autocast(self.device.type, dtype=self._autocast):
                     logits = self.model(x)
             else:
@@ -151,7 +195,6 @@ class Classifier:
         workers: int | None = None,
     ) -> Iterator[list[Prediction]]:
         """Classify files, yielding one list of records per batch, in input order."""
-        import torch
         from torch.utils.data import DataLoader
 
         self.check_top_k(top_k)
@@ -160,26 +203,22 @@ class Classifier:
         names = [os.fspath(p) for p in paths]
         if not names:
             return
-        num_workers = default_workers(len(names), batch_size) if workers is None else workers
-        loader: DataLoader[_Item] = DataLoader(
-            _FileDataset(names, self.preprocess_config),  # type: ignore[arg-type]
+        num_workers = default_workers(len(names), batch_size, self.device.type) if workers is None else workers
+        loader: DataLoader[Any] = DataLoader(
+            _FileDataset(names, self.preprocess_config, self.fast_decode),  # type: ignore[arg-type]
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_collate,
-            pin_memory=False,
+            pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if num_workers else None,
         )
-        for items in loader:
-            good = [item for item in items if item.tensor is not None]
-            tops: dict[int, tuple[Candidate, ...]] = {}
-            if good:
-                probs = self.forward_uint8(torch.stack([item.tensor for item in good]))
-                tops = {item.index: row for item, row in zip(good, self.candidates(probs, top_k), strict=True)}
+        batch: _Batch
+        for batch in loader:
+            rows = iter(self.candidates(self.forward_uint8(batch.tensor), top_k) if batch.tensor is not None else [])
             yield [
-                Prediction(names[item.index], tops[item.index]) if item.error is None
-                else Prediction(names[item.index], error=item.error)
-                for item in items
-            ]  # fmt: skip
+                Prediction(names[i], error=batch.errors[i]) if i in batch.errors else Prediction(names[i], next(rows))
+                for i in batch.indices
+            ]
 
     def predict(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> Iterator[Prediction]:
         """Classify files; yields one :class:`Prediction` per path, in order (see ``predict_batches``)."""
@@ -205,24 +244,20 @@ class Classifier:
         """Classify one file or binary stream; a bad image gives a record with ``error``."""
         label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
         try:
-            image = open_image(source)
+            image = open_image(source, draft_short_side=self.draft_short_side)
         except ImageError as exc:
             return Prediction(str(label), error=str(exc))
         return self.predict_images([image], top_k=top_k, names=[str(label)])[0]
+
+    @property
+    def draft_short_side(self) -> int | None:
+        return self.preprocess_config.resize_size if self.fast_decode else None
 
     def warm_up(self, batch_size: int = 1) -> None:
         import torch
 
         size = self.preprocess_config.crop_size
         self.forward_uint8(torch.zeros(batch_size, 3, size, size, dtype=torch.uint8))
-
-
-def _configure_threads() -> None:
-    import torch
-
-    cores = available_cores()
-    if torch.get_num_threads() > cores:
-        torch.set_num_threads(cores)
 
 
 def resolve_model(
@@ -260,6 +295,8 @@ def load_classifier(
     precision: Precision | str = Precision.FP32,
     allow_download: bool | None = None,
     progress: bool = False,
+    fast_decode: bool = False,
+    backend: Backend | str = Backend.TORCH,
 ) -> Classifier:
     """Load a model ready to classify.
 
@@ -267,14 +304,32 @@ def load_classifier(
     weights are cached or downloadable, else the bundled EfficientNet-Lite0 (with a warning).
     ``weights``: a local checkpoint for that architecture. ``labels``: an ``index_to_name.json``
     style file. ``allow_download``: default True unless ``IMGCLASSIFY_OFFLINE`` is set.
+    ``fast_decode``: decode JPEGs of at least twice the needed size at reduced scale.
     """
     precision = Precision(precision)
-    torch_device = resolve_device(device)
+    backend = Backend(backend)
+    torch_device = resolve_device("cpu" if backend is Backend.OPENVINO and device == "auto" else device)
     spec, path = resolve_model(model, weights=weights, allow_download=allow_download, progress=progress)
     source = str(path) if weights is not None else spec.weights_status().value
     from .architectures import build_with_state
 
-    _configure_threads()
+    tune_allocator()
+    configure_threads()
     net, num_classes = build_with_state(spec, read_state_dict(path))
     label_set = labels_for(num_classes, labels)
-    return Classifier(spec, net, label_set, torch_device, precision, weights_source=source)
+    runner = None
+    if backend is Backend.OPENVINO:
+        from .backends import openvino_forward
+
+        runner = openvino_forward(
+            net,
+            name=spec.name,
+            weights_file=path,
+            crop_size=spec.preprocess.crop_size,
+            precision=precision,
+            device=torch_device,
+        )
+    return Classifier(
+        spec, net, label_set, torch_device, precision,
+        weights_source=source, fast_decode=fast_decode, runner=runner, backend=backend,
+    )  # fmt: skip

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from .backends import Backend
 from .devices import Precision
 from .errors import NoImagesError, UsageError
 from .sources import expand_inputs
@@ -31,6 +32,8 @@ class PredictOptions:
     labels: Path | None = None
     device: str = "auto"
     precision: Precision = Precision.FP32
+    backend: Backend = Backend.TORCH
+    fast_decode: bool = False
     batch_size: int = 8
     top_k: int = 1
     workers: int | None = None
@@ -113,7 +116,7 @@ def run_predict(
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
     classifier = load_classifier(
         options.model, weights=options.weights, labels=options.labels, device=options.device,
-        precision=options.precision, progress=show_progress,
+        precision=options.precision, progress=show_progress, backend=options.backend, fast_decode=options.fast_decode,
     )  # fmt: skip
     classifier.check_top_k(options.top_k)
     fmt = choose_format(options.output_format, options.output, stdout)

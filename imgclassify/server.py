@@ -43,6 +43,8 @@ class ServerConfig:
     labels: str | None = None
     device: str = "auto"
     precision: str = "fp32"
+    backend: str = "torch"
+    fast_decode: bool = False
     top_k: int = 1
     max_upload_mb: float = 20.0
     max_batch_size: int = 8
@@ -59,7 +61,10 @@ class ServerConfig:
                 continue
             kind = str(f.type)
             try:
-                values[f.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+                if kind == "bool":
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                else:
+                    values[f.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
             except ValueError:
                 raise UsageError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
         return cls(**values)
@@ -150,8 +155,9 @@ def create_app(
         from .pipeline import load_classifier
 
         classifier = load_classifier(
-            config.model, weights=config.weights, labels=config.labels, device=config.device, precision=config.precision
-        )
+            config.model, weights=config.weights, labels=config.labels, device=config.device, precision=config.precision,
+            backend=config.backend, fast_decode=config.fast_decode,
+        )  # fmt: skip
     classifier.check_top_k(config.top_k)
 
     class InMemoryRequest(Request):
@@ -272,7 +278,8 @@ def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, A
         name = os.path.basename(upload.filename or "") or None
         record: dict[str, Any] = {"filename": name}
         try:
-            tensors.append(preprocess(open_image(io.BytesIO(upload.read())), classifier.preprocess_config))
+            image = open_image(io.BytesIO(upload.read()), draft_short_side=classifier.draft_short_side)
+            tensors.append(preprocess(image, classifier.preprocess_config))
         except ImageError as exc:
             tensors.append(None)
             record.update(error="invalid_image", message=str(exc))
