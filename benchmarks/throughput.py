@@ -34,6 +34,9 @@ CONFIGS = {
     "workers=0": ["--workers", "0"],
     "bf16": ["--precision", "bf16"],
     "openvino": ["--backend", "openvino"],
+    "openvino-bf16": ["--backend", "openvino", "--precision", "bf16"],
+    "openvino-bf16-workers=1": ["--backend", "openvino", "--precision", "bf16", "--workers", "1"],
+    "bf16-workers=1": ["--precision", "bf16", "--workers", "1"],
 }
 
 
@@ -93,13 +96,15 @@ def seed_loop(model: str, weights: Path, paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def pure_model(model: str, weights: Path, device: str, batch_size: int, precision: str, seconds: float) -> float:
+def pure_model(
+    model: str, weights: Path, device: str, batch_size: int, precision: str, backend: str, seconds: float
+) -> float:
     """The tool's classifier (same settings) on random uint8 tensors: no decoding at all."""
     import torch
 
     from imgclassify.pipeline import load_classifier
 
-    clf = load_classifier(model, weights=weights, device=device, precision=precision)
+    clf = load_classifier(model, weights=weights, device=device, precision=precision, backend=backend)
     size = clf.preprocess_config.crop_size
     batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     clf.forward_uint8(batch)
@@ -170,7 +175,8 @@ def main() -> None:
         for name in args.configs:
             extra = CONFIGS[name]
             precision = extra[extra.index("--precision") + 1] if "--precision" in extra else "fp32"
-            pure = pure_model(args.model, weights, args.device, args.batch_size, precision, args.pure_seconds)
+            backend = extra[extra.index("--backend") + 1] if "--backend" in extra else "torch"
+            pure = pure_model(args.model, weights, args.device, args.batch_size, precision, backend, args.pure_seconds)
             tool = run_tool(common + extra, len(paths))
             rows.append((name, pure, tool))
             print(f"{name}: pure {pure:.1f}, tool {tool['rate']:.1f} images/s", flush=True)
