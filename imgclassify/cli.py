@@ -20,6 +20,7 @@ from . import __version__
 from .backends import Backend
 from .devices import Precision, validate_device
 from .errors import ImgclassifyError
+from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 from .writers import OutputFormat
 
 app = typer.Typer(
@@ -122,6 +123,18 @@ FastDecodeOpt = Annotated[
         help="Decode JPEGs of at least twice the needed size at reduced scale: much faster on camera photos, pixels slightly different.",
     ),
 ]
+AllowTruncatedOpt = Annotated[
+    bool,
+    typer.Option("--allow-truncated", help="Classify truncated files (the missing part is grey) instead of an error."),
+]
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse images with more pixels than this (decompression bombs); big JPEGs decode at reduced scale first.",
+    ),
+]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image, with probabilities.")]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only errors on stderr: no progress, warnings or summary.")
@@ -145,6 +158,22 @@ def predict(
     precision: PrecisionOpt = Precision.FP32,
     backend: BackendOpt = Backend.TORCH,
     fast_decode: FastDecodeOpt = False,
+    allow_truncated: AllowTruncatedOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_failures: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-failures",
+            help="Stop (exit 1, output still valid) once more files than N, or N% of the inputs, failed.",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="With --output FILE (jsonl/csv): skip inputs already recorded there, append the rest."
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 8,
     top_k: TopKOpt = 1,
     output_format: Annotated[
@@ -192,8 +221,8 @@ def predict(
         os.environ[OFFLINE_ENV] = "1"
     options = PredictOptions(
         inputs=paths, model=model, weights=weights, labels=labels, device=device, precision=precision,
-        backend=backend, fast_decode=fast_decode,
-        batch_size=batch_size, top_k=top_k, workers=workers, output_format=output_format, output=output,
+        backend=backend, decode=DecodeOptions(fast=fast_decode, allow_truncated=allow_truncated, max_pixels=max_pixels),
+        max_failures=max_failures, resume=resume, batch_size=batch_size, top_k=top_k, workers=workers, output_format=output_format, output=output,
         quiet=quiet, progress=progress,
     )  # fmt: skip
     with reporting_errors():
@@ -265,6 +294,8 @@ def serve(
     precision: PrecisionOpt = Precision.FP32,
     backend: BackendOpt = Backend.TORCH,
     fast_decode: FastDecodeOpt = False,
+    allow_truncated: AllowTruncatedOpt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Default number of classes per answer (?top_k= overrides).")
     ] = 1,
@@ -317,6 +348,7 @@ def serve(
         config = ServerConfig(
             model=spec.name, weights=str(weights) if weights else None, labels=str(labels) if labels else None,
             device=device, precision=precision.value, backend=backend.value, fast_decode=fast_decode,
+            allow_truncated=allow_truncated, max_pixels=max_pixels,
             top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
         )  # fmt: skip

@@ -9,9 +9,10 @@ from __future__ import annotations
 import errno
 import math
 import os
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 from .registry import PreprocessConfig
@@ -58,20 +59,54 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode image: {text or type(exc).__name__}"
 
 
-def open_image(source: str | os.PathLike[str] | IO[bytes], *, draft_short_side: int | None = None) -> Image.Image:
+#: Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): the default --max-pixels
+DEFAULT_MAX_PIXELS = 178_956_970
+
+# The limit below is checked on the decoded size, after reduced-scale JPEG decoding; Pillow's
+# own check (on the file's nominal size, at open) would refuse big JPEGs that decode fine.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How files are decoded: shared by ``predict`` and ``serve``."""
+
+    #: decode JPEGs of at least twice the needed size at reduced scale (faster, pixels differ slightly)
+    fast: bool = False
+    #: accept truncated files (the missing part is grey) instead of an error
+    allow_truncated: bool = False
+    #: refuse images with more pixels than this, after any reduced-scale decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    ratio = short_side / min(size)
+    return math.ceil(size[0] * ratio), math.ceil(size[1] * ratio)
+
+
+def open_image(
+    source: str | os.PathLike[str] | IO[bytes], options: DecodeOptions | None = None, *, short_side: int = 256
+) -> Image.Image:
     """Open and fully decode an image as RGB with its EXIF orientation applied.
 
-    ``draft_short_side``: a JPEG at least twice that size on its shorter side is decoded at a
-    reduced scale (libjpeg's DCT scaling, 1/2 to 1/8) that still leaves the shorter side at
-    least that long: several times faster on camera photos, pixels slightly different.
+    JPEGs are decoded at reduced scale (libjpeg's DCT scaling, 1/2 to 1/8, keeping the shorter
+    side at least ``short_side``) when ``options.fast`` asks for it, and always when that is
+    what brings a huge JPEG under ``options.max_pixels``. Every failure is an ImageError.
     """
+    options = options or DecodeOptions()
     try:
         if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) and os.path.getsize(source) == 0:
             raise ImageError("empty file")
         with Image.open(source) as image:
-            if draft_short_side and image.format == "JPEG" and min(image.size) >= 2 * draft_short_side:
-                ratio = draft_short_side / min(image.size)
-                image.draft(image.mode, (math.ceil(image.width * ratio), math.ceil(image.height * ratio)))
+            width, height = image.size
+            big_jpeg = image.format == "JPEG" and min(image.size) >= 2 * short_side
+            if big_jpeg and (options.fast or width * height > options.max_pixels):
+                image.draft(image.mode, _draft_size(image.size, short_side))
+            if image.width * image.height > options.max_pixels:
+                raise ImageError(
+                    f"image too large: {width}x{height} pixels is more than --max-pixels {options.max_pixels}"
+                )
+            ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
             image.load()
             oriented = ImageOps.exif_transpose(image)
             return to_rgb(oriented if oriented is not None else image)
@@ -79,6 +114,10 @@ def open_image(source: str | os.PathLike[str] | IO[bytes], *, draft_short_side: 
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
         raise ImageError(_reason(exc)) from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image; lower --max-pixels") from None
+    except Exception as exc:
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from None
 
 
 def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
@@ -96,7 +135,11 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
 
 
 def load_tensor(
-    source: str | os.PathLike[str] | IO[bytes], config: PreprocessConfig, *, fast_decode: bool = False
+    source: str | os.PathLike[str] | IO[bytes], config: PreprocessConfig, options: DecodeOptions | None = None
 ) -> torch.Tensor:
-    """``open_image`` then ``preprocess``; ``fast_decode`` decodes big JPEGs at reduced scale."""
-    return preprocess(open_image(source, draft_short_side=config.resize_size if fast_decode else None), config)
+    """``open_image`` then ``preprocess``: a uint8 (3, crop, crop) tensor, or an ImageError."""
+    image = open_image(source, options, short_side=config.resize_size)
+    try:
+        return preprocess(image, config)
+    except Exception as exc:
+        raise ImageError(f"cannot preprocess image: {type(exc).__name__}: {exc}"[:300]) from None

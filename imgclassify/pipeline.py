@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .backends import Backend
 from .devices import Precision, autocast_dtype, resolve_device
 from .errors import ImageError, UsageError, WeightsUnavailableError
-from .imaging import load_tensor, open_image, preprocess
+from .imaging import DecodeOptions, load_tensor, open_image, preprocess
 from .labels import Labels, labels_for
 from .records import Candidate, Prediction
 from .registry import DEFAULT_MODEL, FALLBACK_MODEL, ModelSpec, PreprocessConfig, get_spec
@@ -60,17 +60,17 @@ class _Item:
 class _FileDataset:
     """Map-style dataset over paths; a failure is returned as data, never raised."""
 
-    def __init__(self, paths: Sequence[str], config: PreprocessConfig, fast_decode: bool = False) -> None:
+    def __init__(self, paths: Sequence[str], config: PreprocessConfig, decode: DecodeOptions) -> None:
         self.paths = paths
         self.config = config
-        self.fast_decode = fast_decode
+        self.decode = decode or DecodeOptions()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> _Item:
         try:
-            return _Item(index, load_tensor(self.paths[index], self.config, fast_decode=self.fast_decode), None)
+            return _Item(index, load_tensor(self.paths[index], self.config, self.decode), None)
         except ImageError as exc:
             return _Item(index, None, str(exc))
         except Exception as exc:
@@ -115,7 +115,7 @@ class Classifier:
         preprocess_config: PreprocessConfig | None = None,
         *,
         weights_source: str = "",
-        fast_decode: bool = False,
+        decode: DecodeOptions | None = None,
         runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
         backend: Backend = Backend.TORCH,
     ) -> None:
@@ -129,9 +129,10 @@ class Classifier:
         self.precision = precision
         self.preprocess_config = preprocess_config or spec.preprocess
         self.weights_source = weights_source
-        #: decode big JPEGs at reduced scale (``open_image(draft_short_side=...)``)
-        self.fast_decode = fast_decode
+        #: how files are decoded (reduced-scale JPEGs, truncated files, pixel limit)
+        self.decode = decode or DecodeOptions()
         self.backend = backend
+        self._oom_limit: int | None = None  # largest batch that fit after an out-of-memory error
         #: an alternative forward (float NCHW -> logits), e.g. OpenVINO; None: the torch model
         self._runner = runner
         self._autocast = autocast_dtype(precision, device) if runner is None else None
@@ -169,6 +170,28 @@ class Classifier:
                 logits = self.model(x)
             return torch.softmax(logits.float(), dim=1).cpu()
 
+    def forward_adaptive(self, batch: torch.Tensor) -> torch.Tensor:
+        """``forward_uint8``, halving the batch on out-of-memory down to one image (with a warning).
+
+        The smaller size is kept for the rest of the run, so the OOM is paid once.
+        """
+        limit = self._oom_limit or len(batch)
+        if len(batch) > limit:
+            return _cat([self.forward_adaptive(batch[i : i + limit]) for i in range(0, len(batch), limit)])
+        try:
+            return self.forward_uint8(batch)
+        except Exception as exc:
+            if not _is_oom(exc) or len(batch) == 1:
+                raise
+            half = max(1, len(batch) // 2)
+            log.warning("out of memory at batch size %d on %s: retrying at %d", len(batch), self.device, half)
+            self._oom_limit = half
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+            return self.forward_adaptive(batch)
+
     def candidates(self, probs: torch.Tensor, top_k: int) -> list[tuple[Candidate, ...]]:
         values, indices = probs.topk(min(top_k, self.num_classes), dim=1)
         rows = []
@@ -205,7 +228,7 @@ class Classifier:
             return
         num_workers = default_workers(len(names), batch_size, self.device.type) if workers is None else workers
         loader: DataLoader[Any] = DataLoader(
-            _FileDataset(names, self.preprocess_config, self.fast_decode),  # type: ignore[arg-type]
+            _FileDataset(names, self.preprocess_config, self.decode),  # type: ignore[arg-type]
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -214,7 +237,7 @@ class Classifier:
         )
         batch: _Batch
         for batch in loader:
-            rows = iter(self.candidates(self.forward_uint8(batch.tensor), top_k) if batch.tensor is not None else [])
+            rows = iter(self.candidates(self.forward_adaptive(batch.tensor), top_k) if batch.tensor is not None else [])
             yield [
                 Prediction(names[i], error=batch.errors[i]) if i in batch.errors else Prediction(names[i], next(rows))
                 for i in batch.indices
@@ -244,14 +267,10 @@ class Classifier:
         """Classify one file or binary stream; a bad image gives a record with ``error``."""
         label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
         try:
-            image = open_image(source, draft_short_side=self.draft_short_side)
+            image = open_image(source, self.decode, short_side=self.preprocess_config.resize_size)
         except ImageError as exc:
             return Prediction(str(label), error=str(exc))
         return self.predict_images([image], top_k=top_k, names=[str(label)])[0]
-
-    @property
-    def draft_short_side(self) -> int | None:
-        return self.preprocess_config.resize_size if self.fast_decode else None
 
     def warm_up(self, batch_size: int = 1) -> None:
         import torch
@@ -295,7 +314,7 @@ def load_classifier(
     precision: Precision | str = Precision.FP32,
     allow_download: bool | None = None,
     progress: bool = False,
-    fast_decode: bool = False,
+    decode: DecodeOptions | None = None,
     backend: Backend | str = Backend.TORCH,
 ) -> Classifier:
     """Load a model ready to classify.
@@ -304,7 +323,7 @@ def load_classifier(
     weights are cached or downloadable, else the bundled EfficientNet-Lite0 (with a warning).
     ``weights``: a local checkpoint for that architecture. ``labels``: an ``index_to_name.json``
     style file. ``allow_download``: default True unless ``IMGCLASSIFY_OFFLINE`` is set.
-    ``fast_decode``: decode JPEGs of at least twice the needed size at reduced scale.
+    ``decode``: how files are decoded (:class:`~imgclassify.imaging.DecodeOptions`).
     """
     precision = Precision(precision)
     backend = Backend(backend)
@@ -331,5 +350,20 @@ def load_classifier(
         )
     return Classifier(
         spec, net, label_set, torch_device, precision,
-        weights_source=source, fast_decode=fast_decode, runner=runner, backend=backend,
+        weights_source=source, decode=decode, runner=runner, backend=backend,
     )  # fmt: skip
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    import torch
+
+    return torch.cat(parts)

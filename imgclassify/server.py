@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import ImageError, ImgclassifyError, UsageError
+from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -45,6 +46,8 @@ class ServerConfig:
     precision: str = "fp32"
     backend: str = "torch"
     fast_decode: bool = False
+    allow_truncated: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
     top_k: int = 1
     max_upload_mb: float = 20.0
     max_batch_size: int = 8
@@ -156,7 +159,8 @@ def create_app(
 
         classifier = load_classifier(
             config.model, weights=config.weights, labels=config.labels, device=config.device, precision=config.precision,
-            backend=config.backend, fast_decode=config.fast_decode,
+            backend=config.backend,
+            decode=DecodeOptions(fast=config.fast_decode, allow_truncated=config.allow_truncated, max_pixels=config.max_pixels),
         )  # fmt: skip
     classifier.check_top_k(config.top_k)
 
@@ -278,7 +282,9 @@ def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, A
         name = os.path.basename(upload.filename or "") or None
         record: dict[str, Any] = {"filename": name}
         try:
-            image = open_image(io.BytesIO(upload.read()), draft_short_side=classifier.draft_short_side)
+            image = open_image(
+                io.BytesIO(upload.read()), classifier.decode, short_side=classifier.preprocess_config.resize_size
+            )
             tensors.append(preprocess(image, classifier.preprocess_config))
         except ImageError as exc:
             tensors.append(None)

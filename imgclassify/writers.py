@@ -38,7 +38,21 @@ class Writer(Protocol):
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a non-UTF-8 file name (surrogate escapes): JSON's \\udcXX keeps it exact
+        text = json.dumps(obj)
+    return text
+
+
+def csv_text(value: str) -> str:
+    """Text a UTF-8 CSV can hold: undecodable bytes of a file name shown as ``\\xNN``."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
 
 
 class JsonlWriter:
@@ -84,7 +98,15 @@ class CsvWriter:
             row = p.to_dict(top_k=self.with_top_k)
             top = _dumps(row["top_k"]) if "top_k" in row else ""
             self.csv.writerow(
-                [row["path"], row["class_id"], row["wnid"], row["class_name"], row["probability"], top, row["error"]]
+                [
+                    csv_text(row["path"]),
+                    row["class_id"],
+                    row["wnid"],
+                    row["class_name"],
+                    row["probability"],
+                    top,
+                    row["error"],
+                ]
             )
         self.stream.flush()
 
@@ -123,7 +145,7 @@ class TableWriter:
         table = self._table()
         for p in batch:
             if p.error is not None:
-                table.add_row(Text(p.path), Text(f"error: {p.error}", style="red"), "")
+                table.add_row(Text(csv_text(p.path)), Text(f"error: {p.error}", style="red"), "")
                 continue
             best = p.top[0]
             cls = Text(f"{best.class_name} ({best.class_id})")
@@ -131,7 +153,7 @@ class TableWriter:
             for extra in p.top[1:]:
                 cls.append(f"\n  {extra.class_name} ({extra.class_id})", style="dim")
                 prob.append(f"\n{extra.probability:.4f}", style="dim")
-            table.add_row(Text(p.path), cls, prob)
+            table.add_row(Text(csv_text(p.path)), cls, prob)
         if self.started:
             table.show_header = False
         self.console.print(table)

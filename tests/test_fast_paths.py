@@ -9,6 +9,7 @@ import pytest
 
 from conftest import LABELLED, SAMPLES
 from imgclassify import load_classifier
+from imgclassify.imaging import DecodeOptions
 from imgclassify.labels import imagenet_labels
 
 PHOTOS = sorted(SAMPLES.glob("*.jpg")) + sorted(LABELLED.glob("*.JPEG"))
@@ -61,10 +62,12 @@ def test_fast_decode_on_big_jpegs(lite0, tmp_path: Path) -> None:  # type: ignor
         rgb.resize((rgb.width * 3, rgb.height * 3), Image.Resampling.BICUBIC).save(target, format="JPEG", quality=92)
         big.append(target)
     exact = {Path(k).name: v for k, v in top1(lite0, big).items()}
-    fast_clf = load_classifier("efficientnet_lite0", device="cpu", fast_decode=True)
+    fast_clf = load_classifier("efficientnet_lite0", device="cpu", decode=DecodeOptions(fast=True))
     fast = top1(fast_clf, big)
     check_against(exact, fast)
     # and the reduced scale really was used: a drafted decode is smaller than the file's size
     from imgclassify.imaging import open_image
 
-    assert min(open_image(big[0], draft_short_side=256).size) < min(Image.open(big[0]).size) // 2 + 1
+    assert (
+        min(open_image(big[0], DecodeOptions(fast=True), short_side=256).size) < min(Image.open(big[0]).size) // 2 + 1
+    )
