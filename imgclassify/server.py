@@ -246,6 +246,11 @@ def create_app(
 
     @app.post("/predict")
     def predict() -> tuple[Response, int]:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if request.content_length is not None and request.content_length > limit:  # before reading the body
+            return _error(
+                413, "request_entity_too_large", f"upload larger than the limit of {config.max_upload_mb:g} MB"
+            )
         uploads = request.files.getlist("file")
         if not uploads:
             return _error(400, "missing_file", "send the image as multipart/form-data in the field 'file'")
@@ -282,9 +287,10 @@ def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, A
         name = os.path.basename(upload.filename or "") or None
         record: dict[str, Any] = {"filename": name}
         try:
-            image = open_image(
-                io.BytesIO(upload.read()), classifier.decode, short_side=classifier.preprocess_config.resize_size
-            )
+            data = upload.read()
+            if not data:
+                raise ImageError("empty file")
+            image = open_image(io.BytesIO(data), classifier.decode, short_side=classifier.preprocess_config.resize_size)
             tensors.append(preprocess(image, classifier.preprocess_config))
         except ImageError as exc:
             tensors.append(None)
