@@ -173,7 +173,7 @@ def test_file_deleted_between_listing_and_reading(lite0, tmp_path: Path) -> None
 def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import imgclassify.pipeline as pipeline
 
-    real = pipeline.load_tensor
+    real = pipeline.load_tensor  # type: ignore[attr-defined]
     poison = str(tmp_path / "poison.jpg")
     shutil.copy(SAMPLES / "labrador.jpg", poison)
 
@@ -195,7 +195,7 @@ def test_non_utf8_and_odd_names_in_every_format(runner, tmp_path: Path) -> None:
     folder = tmp_path / "names"
     folder.mkdir()
     raw = os.fsencode(folder) + b"/caf\xe9.jpg"  # Latin-1 bytes: not valid UTF-8
-    shutil.copy(SAMPLES / "labrador.jpg", raw)
+    shutil.copy(os.fsencode(SAMPLES / "labrador.jpg"), raw)
     shutil.copy(SAMPLES / "labrador.jpg", folder / 'comma, "quote"\nnewline.jpg')
     shutil.copy(SAMPLES / "labrador.jpg", folder / "猫.jpg")
     lines = runner.invoke(app, ["predict", str(folder), "-m", "efficientnet_lite0", "-f", "jsonl"]).stdout
