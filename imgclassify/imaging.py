@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
@@ -84,6 +85,20 @@ def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     return math.ceil(size[0] * ratio), math.ceil(size[1] * ratio)
 
 
+def _decode(source: str | os.PathLike[str] | IO[bytes], options: DecodeOptions, short_side: int) -> Image.Image:
+    with Image.open(source) as image:
+        width, height = image.size
+        big_jpeg = image.format == "JPEG" and min(image.size) >= 2 * short_side
+        if big_jpeg and (options.fast or width * height > options.max_pixels):
+            image.draft(image.mode, _draft_size(image.size, short_side))
+        if image.width * image.height > options.max_pixels:
+            raise ImageError(f"image too large: {width}x{height} pixels is more than --max-pixels {options.max_pixels}")
+        ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return to_rgb(oriented if oriented is not None else image)
+
+
 def open_image(
     source: str | os.PathLike[str] | IO[bytes], options: DecodeOptions | None = None, *, short_side: int = 256
 ) -> Image.Image:
@@ -97,19 +112,9 @@ def open_image(
     try:
         if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) and os.path.getsize(source) == 0:
             raise ImageError("empty file")
-        with Image.open(source) as image:
-            width, height = image.size
-            big_jpeg = image.format == "JPEG" and min(image.size) >= 2 * short_side
-            if big_jpeg and (options.fast or width * height > options.max_pixels):
-                image.draft(image.mode, _draft_size(image.size, short_side))
-            if image.width * image.height > options.max_pixels:
-                raise ImageError(
-                    f"image too large: {width}x{height} pixels is more than --max-pixels {options.max_pixels}"
-                )
-            ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-            return to_rgb(oriented if oriented is not None else image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files; failures are raised, not warned
+            return _decode(source, options, short_side)
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:

@@ -84,7 +84,7 @@ class RunSummary:
         )
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):  # like KeyboardInterrupt: not caught by per-file error handling
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
