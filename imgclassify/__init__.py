@@ -29,9 +29,16 @@ from .records import Candidate, Prediction
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .imaging import DecodeOptions
     from .pipeline import Classifier, load_classifier
 
-_LAZY = {"Classifier": "pipeline", "load_classifier": "pipeline", "expand_inputs": "sources", "registry": "registry"}
+_LAZY = {
+    "Classifier": "pipeline",
+    "load_classifier": "pipeline",
+    "expand_inputs": "sources",
+    "registry": "registry",
+    "DecodeOptions": "imaging",
+}
 
 __all__ = [
     "Candidate",
