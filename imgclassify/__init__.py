@@ -44,6 +44,7 @@ __all__ = [
     "Candidate",
     "CheckpointError",
     "Classifier",
+    "DecodeOptions",
     "DeviceError",
     "ImageError",
     "ImgclassifyError",
