@@ -47,6 +47,16 @@ def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     logging.addLevelName(logging.DEBUG, "debug")
 
 
+def _no_downloads(offline: bool) -> None:
+    """--offline: the library reads the same switch as IMGCLASSIFY_OFFLINE=1."""
+    if offline:
+        import os
+
+        from .weights import OFFLINE_ENV
+
+        os.environ[OFFLINE_ENV] = "1"
+
+
 @contextlib.contextmanager
 def reporting_errors() -> Iterator[None]:
     """The one place where library errors become a stderr line and an exit code."""
@@ -213,12 +223,7 @@ def predict(
     from .runner import PredictOptions, run_predict
 
     _setup_logging(quiet)
-    if offline:
-        import os
-
-        from .weights import OFFLINE_ENV
-
-        os.environ[OFFLINE_ENV] = "1"
+    _no_downloads(offline)
     options = PredictOptions(
         inputs=paths, model=model, weights=weights, labels=labels, device=device, precision=precision,
         backend=backend, decode=DecodeOptions(fast=fast_decode, allow_truncated=allow_truncated, max_pixels=max_pixels),
@@ -332,12 +337,7 @@ def serve(
         from .server import serve as run_server
 
         require_flask()
-        if offline:
-            import os
-
-            from .weights import OFFLINE_ENV
-
-            os.environ[OFFLINE_ENV] = "1"
+        _no_downloads(offline)
         # fail here, with a clear message, rather than in a worker process
         spec, _ = resolve_model(model, weights=weights, progress=not quiet)
         if labels is not None:

@@ -221,3 +221,16 @@ def test_installed_command_as_subprocess(tmp_path: Path) -> None:
     assert "2 classified, 0 failed" in out.stderr
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("imgclassify ")
+
+
+def test_offline_flag_never_downloads(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclassify.weights as weights
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tried to download")
+
+    monkeypatch.delenv("IMGCLASSIFY_OFFLINE")
+    monkeypatch.setattr(weights, "download", no_download)
+    result = invoke(runner, "predict", str(SAMPLES / "labrador.jpg"), "--offline")
+    assert result.exit_code == 0 and "downloads are off" in result.stderr
+    assert parse_jsonl(result.stdout)[0]["class_id"] == 208
