@@ -63,7 +63,7 @@ class _FileDataset:
     def __init__(self, paths: Sequence[str], config: PreprocessConfig, decode: DecodeOptions) -> None:
         self.paths = paths
         self.config = config
-        self.decode = decode or DecodeOptions()
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.paths)
