@@ -141,6 +141,12 @@ class Classifier:
         self.channels_last = runner is None and device.type in ("cpu", "cuda")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        #: bf16 on the CPU: a TorchScript graph traced and frozen under autocast, for runs of many
+        #: full batches. Freezing casts the weights to bf16 once instead of in every forward pass:
+        #: DenseNet-121 60 -> 72 images/s. Checked against eager on its first batch.
+        self._graph_ok = runner is None and device.type == "cpu" and precision is Precision.BF16
+        self._graph_shape: tuple[int, ...] | None = None  # the one batch shape the graph serves
+        self._graphs: dict[tuple[int, ...], Any] = {}
         cfg = self.preprocess_config
         self._mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1) * 255.0
@@ -165,10 +171,41 @@ class Classifier:
                 logits = self._runner(x)
             elif self._autocast is not None:
                 with torch.autocast(self.device.type, dtype=self._autocast):
-                    logits = self.model(x)
+                    logits = (self._graph_for(x) or self.model)(x)
             else:
                 logits = self.model(x)
             return torch.softmax(logits.float(), dim=1).cpu()
+
+    def _graph_for(self, x: torch.Tensor) -> Any:
+        """The frozen graph for ``x``'s shape, tracing it on first use; None: run eagerly."""
+        shape = tuple(x.shape)
+        if not self._graph_ok or shape != self._graph_shape:
+            return None
+        if shape not in self._graphs:
+            self._graphs[shape] = self._trace(x)
+        return self._graphs[shape]
+
+    def _trace(self, x: torch.Tensor) -> Any:
+        import warnings
+
+        import torch
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = torch.jit.freeze(torch.jit.trace(self.model, x, check_trace=False))  # type: ignore[no-untyped-call]
+                graph(x)  # the profiling executor optimizes on the second call: pay it here
+                eager, traced = self.model(x).float(), graph(x).float()
+        except Exception as exc:  # some architectures do not trace: stay eager
+            log.debug("%s: no frozen graph (%s); running eagerly", self.name, exc)
+            return None
+        if (
+            not torch.equal(eager.argmax(1), traced.argmax(1))
+            or (eager - traced).abs().max() > 0.05 * eager.abs().max()
+        ):
+            log.debug("%s: frozen graph disagrees with eager; running eagerly", self.name)
+            return None
+        return graph
 
     def forward_adaptive(self, batch: torch.Tensor) -> torch.Tensor:
         """``forward_uint8``, halving the batch on out-of-memory down to one image (with a warning).
@@ -227,6 +264,9 @@ class Classifier:
         if not names:
             return
         num_workers = default_workers(len(names), batch_size, self.device.type) if workers is None else workers
+        crop = self.preprocess_config.crop_size
+        # a frozen graph pays for its tracing (about 1 s) only over several full batches
+        self._graph_shape = (batch_size, 3, crop, crop) if len(names) >= 4 * batch_size else None
         loader: DataLoader[Any] = DataLoader(
             _FileDataset(names, self.preprocess_config, self.decode),  # type: ignore[arg-type]
             batch_size=batch_size,
