@@ -107,6 +107,7 @@ def pure_model(
     clf = load_classifier(model, weights=weights, device=device, precision=precision, backend=backend)
     size = clf.preprocess_config.crop_size
     batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    clf.plan_batches(batch_size)  # as the tool does on a long run
     clf.forward_uint8(batch)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

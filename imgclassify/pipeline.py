@@ -176,6 +176,11 @@ class Classifier:
                 logits = self.model(x)
             return torch.softmax(logits.float(), dim=1).cpu()
 
+    def plan_batches(self, batch_size: int | None) -> None:
+        """Say which batch size comes often (bf16 on CPU then uses a frozen graph for it); None: none."""
+        crop = self.preprocess_config.crop_size
+        self._graph_shape = (batch_size, 3, crop, crop) if batch_size else None
+
     def _graph_for(self, x: torch.Tensor) -> Any:
         """The frozen graph for ``x``'s shape, tracing it on first use; None: run eagerly."""
         shape = tuple(x.shape)
@@ -264,9 +269,8 @@ class Classifier:
         if not names:
             return
         num_workers = default_workers(len(names), batch_size, self.device.type) if workers is None else workers
-        crop = self.preprocess_config.crop_size
         # a frozen graph pays for its tracing (about 1 s) only over several full batches
-        self._graph_shape = (batch_size, 3, crop, crop) if len(names) >= 4 * batch_size else None
+        self.plan_batches(batch_size if len(names) >= 4 * batch_size else None)
         loader: DataLoader[Any] = DataLoader(
             _FileDataset(names, self.preprocess_config, self.decode),  # type: ignore[arg-type]
             batch_size=batch_size,
