@@ -34,7 +34,9 @@ CONFIGS = {
     "workers=1": ["--workers", "1"],
     "bf16": ["--precision", "bf16"],
     "openvino": ["--backend", "openvino"],
+    "openvino-workers=0": ["--backend", "openvino", "--workers", "0"],
     "openvino-bf16": ["--backend", "openvino", "--precision", "bf16"],
+    "openvino-bf16-workers=0": ["--backend", "openvino", "--precision", "bf16", "--workers", "0"],
     "openvino-bf16-workers=1": ["--backend", "openvino", "--precision", "bf16", "--workers", "1"],
     "bf16-workers=1": ["--precision", "bf16", "--workers", "1"],
 }
