@@ -252,17 +252,18 @@ def list_models(
     """List the models: name, parameters, input size, and whether their weights work offline now."""
     from .registry import registry
 
+    specs = list(registry().values())
+    status = {spec.name: spec.weights_status().value for spec in specs}  # one look at the disk per model
     rows = [
         {
             "name": spec.name,
             "params_m": round(spec.num_params / 1e6, 1),
             "input_size": spec.preprocess.crop_size,
             "top1": spec.top1,
-            "weights": spec.weights_status().value,
+            "weights": status[spec.name],
         }
-        for spec in registry().values()
+        for spec in specs
     ]
-    specs = list(registry().values())
     fmt = output_format or (ListFormat.TABLE if sys.stdout.isatty() else ListFormat.JSON)
     if fmt is ListFormat.JSON:
         typer.echo(json.dumps(rows, indent=1))
@@ -285,7 +286,7 @@ def list_models(
             f"{spec.num_params / 1e6:.1f}",
             str(spec.preprocess.crop_size),
             f"{spec.top1:.1f}" if spec.top1 else "",
-            spec.weights_status().value,
+            status[spec.name],
         )
     Console(highlight=False).print(table)
 

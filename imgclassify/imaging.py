@@ -110,7 +110,7 @@ def open_image(
     """
     options = options or DecodeOptions()
     try:
-        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) and os.path.getsize(source) == 0:
+        if isinstance(source, (str, os.PathLike)) and os.stat(source).st_size == 0:
             raise ImageError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on odd files; failures are raised, not warned

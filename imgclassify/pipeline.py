@@ -119,7 +119,6 @@ class Classifier:
         precision: Precision = Precision.FP32,
         preprocess_config: PreprocessConfig | None = None,
         *,
-        weights_source: str = "",
         decode: DecodeOptions | None = None,
         runner: Callable[[torch.Tensor], torch.Tensor] | None = None,
         backend: Backend = Backend.TORCH,
@@ -133,7 +132,6 @@ class Classifier:
         self.device = device
         self.precision = precision
         self.preprocess_config = preprocess_config or spec.preprocess
-        self.weights_source = weights_source
         #: how files are decoded (reduced-scale JPEGs, truncated files, pixel limit)
         self.decode = decode or DecodeOptions()
         self.backend = backend
@@ -381,7 +379,6 @@ def load_classifier(
     backend = Backend(backend)
     torch_device = resolve_device("cpu" if backend is Backend.OPENVINO and device == "auto" else device)
     spec, path = resolve_model(model, weights=weights, allow_download=allow_download, progress=progress)
-    source = str(path) if weights is not None else spec.weights_status().value
     from .architectures import build_with_state
 
     tune_allocator()
@@ -402,7 +399,7 @@ def load_classifier(
         )
     return Classifier(
         spec, net, label_set, torch_device, precision,
-        weights_source=source, decode=decode, runner=runner, backend=backend,
+        decode=decode, runner=runner, backend=backend,
     )  # fmt: skip
 
 

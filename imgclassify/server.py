@@ -278,7 +278,7 @@ def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, A
     """Decode each upload, batch the good ones through the dynamic batcher, answer in order."""
     import torch
 
-    from .imaging import open_image, preprocess
+    from .imaging import load_tensor
 
     classifier = state.classifier
     tensors: list[torch.Tensor | None] = []
@@ -290,8 +290,7 @@ def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, A
             data = upload.read()
             if not data:
                 raise ImageError("empty file")
-            image = open_image(io.BytesIO(data), classifier.decode, short_side=classifier.preprocess_config.resize_size)
-            tensors.append(preprocess(image, classifier.preprocess_config))
+            tensors.append(load_tensor(io.BytesIO(data), classifier.preprocess_config, classifier.decode))
         except ImageError as exc:
             tensors.append(None)
             record.update(error="invalid_image", message=str(exc))
