@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "samples").glob("*.jpg")) + sorted(
-    (ROOT.parent / "shared" / "imagenet-labelled").glob("*.JPEG")
+    (ROOT / "tests" / "data" / "imagenet-labelled").glob("*.JPEG")
 )
 EXE = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
-SHARED = ROOT.parent / "shared"
-LABELLED = SHARED / "imagenet-labelled"
+#: 50 ImageNet photos, file name = <wnid>_<name>.JPEG (copied from ../shared: the tests stand alone)
+LABELLED = ROOT / "tests" / "data" / "imagenet-labelled"
 DENSENET_FILE = "densenet121-a639ec97.pth"  # torchvision's file name in the hub cache
 
 

@@ -1,6 +1,6 @@
 """Real predictions with the real EfficientNet-Lite0 weights, on real photos.
 
-Facts from ../shared/README.md. The labelled-set threshold (>= 42/50) catches wrong
+Facts from tests/data/README.md (first measured on ../shared). The labelled-set threshold (>= 42/50) catches wrong
 preprocessing: with ImageNet mean/std instead of the model's own, only 39 are right.
 """
 
