@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -21,13 +23,15 @@ from .backends import Backend
 from .devices import Precision, validate_device
 from .errors import ImgclassifyError
 from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
+from .options import ModelOptions
 from .writers import OutputFormat
 
 app = typer.Typer(
     name="imgclassify",
     help="Classify images in batches with PyTorch models: files, directories and globs to a table, JSON, JSONL or CSV.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -35,26 +39,22 @@ app = typer.Typer(
 log = logging.getLogger("imgclassify")
 
 
+class _Formatter(logging.Formatter):
+    """``imgclassify: warning: message``: lower-case level names, without renaming them process-wide."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"imgclassify: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("imgclassify: %(levelname)s: %(message)s"))
+    handler.setFormatter(_Formatter())
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
-    logging.addLevelName(logging.WARNING, "warning")
-    logging.addLevelName(logging.ERROR, "error")
-    logging.addLevelName(logging.INFO, "info")
-    logging.addLevelName(logging.DEBUG, "debug")
-
-
-def _no_downloads(offline: bool) -> None:
-    """--offline: the library reads the same switch as IMGCLASSIFY_OFFLINE=1."""
-    if offline:
-        import os
-
-        from .weights import OFFLINE_ENV
-
-        os.environ[OFFLINE_ENV] = "1"
 
 
 @contextlib.contextmanager
@@ -152,7 +152,60 @@ QuietOpt = Annotated[
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download weights (also: IMGCLASSIFY_OFFLINE=1).")]
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: the model options, declared once: (parameter, its Typer declaration, default)
+MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("model", ModelOpt, None),
+    ("weights", WeightsOpt, None),
+    ("labels", LabelsOpt, None),
+    ("device", DeviceOpt, "auto"),
+    ("precision", PrecisionOpt, Precision.FP32),
+    ("backend", BackendOpt, Backend.TORCH),
+    ("fast_decode", FastDecodeOpt, False),
+    ("allow_truncated", AllowTruncatedOpt, False),
+    ("max_pixels", MaxPixelsOpt, DEFAULT_MAX_PIXELS),
+    ("offline", OfflineOpt, False),
+)
+
+
+def model_options_from(values: dict[str, Any]) -> ModelOptions:
+    decode = DecodeOptions(
+        fast=values.pop("fast_decode"),
+        allow_truncated=values.pop("allow_truncated"),
+        max_pixels=values.pop("max_pixels"),
+    )
+    return ModelOptions(decode=decode, **values)
+
+
+def with_model_options(command: F) -> F:
+    """Give ``command`` the model options; it receives them as one ``model_options: ModelOptions``.
+
+    The options appear where the ``model_options`` parameter stands in its signature.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        if param.name == "model_options":
+            params += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=declared)
+                for name, declared, default in MODEL_OPTIONS
+            ]
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name, _, _ in MODEL_OPTIONS}
+        return command(**kwargs, model_options=model_options_from(values))
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper  # type: ignore[return-value]
+
+
 @app.command()
+@with_model_options
 def predict(
     paths: Annotated[
         list[str],
@@ -161,15 +214,7 @@ def predict(
             show_default=False,
         ),
     ],
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    labels: LabelsOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = Precision.FP32,
-    backend: BackendOpt = Backend.TORCH,
-    fast_decode: FastDecodeOpt = False,
-    allow_truncated: AllowTruncatedOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    model_options: ModelOptions,
     max_failures: Annotated[
         Optional[str],
         typer.Option(
@@ -181,7 +226,8 @@ def predict(
     resume: Annotated[
         bool,
         typer.Option(
-            "--resume", help="With --output FILE (jsonl/csv): skip inputs already recorded there, append the rest."
+            "--resume",
+            help="With --output FILE (jsonl/csv): skip inputs already recorded there, append the rest. Refused when the manifest shows another model or options.",
         ),
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 8,
@@ -196,7 +242,22 @@ def predict(
         ),
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Write records to FILE instead of stdout.", dir_okay=False)
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write records to FILE instead of stdout (and the run manifest to FILE.manifest.json).",
+            dir_okay=False,
+        ),
+    ] = None,
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--manifest",
+            help="Write the run manifest to this file (default: beside --output; none for stdout).",
+            dir_okay=False,
+            show_default=False,
+        ),
     ] = None,
     workers: Annotated[
         Optional[int],
@@ -217,18 +278,17 @@ def predict(
         ),
     ] = None,
     quiet: QuietOpt = False,
-    offline: OfflineOpt = False,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
     from .runner import PredictOptions, run_predict
+    from .runtime import tune_allocator
 
     _setup_logging(quiet)
-    _no_downloads(offline)
+    tune_allocator()
     options = PredictOptions(
-        inputs=paths, model=model, weights=weights, labels=labels, device=device, precision=precision,
-        backend=backend, decode=DecodeOptions(fast=fast_decode, allow_truncated=allow_truncated, max_pixels=max_pixels),
-        max_failures=max_failures, resume=resume, batch_size=batch_size, top_k=top_k, workers=workers, output_format=output_format, output=output,
-        quiet=quiet, progress=progress,
+        inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
+        top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
+        quiet=quiet, progress=progress, tune_process=True,
     )  # fmt: skip
     with reporting_errors():
         summary = run_predict(options)
@@ -292,16 +352,9 @@ def list_models(
 
 
 @app.command()
+@with_model_options
 def serve(
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    labels: LabelsOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = Precision.FP32,
-    backend: BackendOpt = Backend.TORCH,
-    fast_decode: FastDecodeOpt = False,
-    allow_truncated: AllowTruncatedOpt = False,
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    model_options: ModelOptions,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Default number of classes per answer (?top_k= overrides).")
     ] = 1,
@@ -327,32 +380,24 @@ def serve(
         bool, typer.Option("--no-batching", help="One request per forward pass (same as --max-batch-size 1).")
     ] = False,
     quiet: QuietOpt = False,
-    offline: OfflineOpt = False,
 ) -> None:
-    """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /healthz, /readyz, /metrics."""
+    """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /info, /healthz, /readyz, /metrics."""
     _setup_logging(quiet)
     with reporting_errors():
-        from .labels import load_labels
-        from .pipeline import resolve_model
+        from .model_plan import plan_model
         from .server import ServerConfig, require_flask
         from .server import serve as run_server
 
         require_flask()
-        _no_downloads(offline)
         # fail here, with a clear message, rather than in a worker process
-        spec, _ = resolve_model(model, weights=weights, progress=not quiet)
-        if labels is not None:
-            load_labels(labels)
+        plan = plan_model(model_options, progress=not quiet)
         from .devices import resolve_device
 
-        resolve_device(device)
+        resolve_device(model_options.device)
         config = ServerConfig(
-            model=spec.name, weights=str(weights) if weights else None, labels=str(labels) if labels else None,
-            device=device, precision=precision.value, backend=backend.value, fast_decode=fast_decode,
-            allow_truncated=allow_truncated, max_pixels=max_pixels,
-            top_k=top_k, max_upload_mb=max_upload_mb,
+            options=model_options.replace(model=plan.spec.name), top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
         )  # fmt: skip
         if not quiet:
-            typer.echo(f"imgclassify: serving {spec.name} on http://{host}:{port} (POST /predict)", err=True)
+            typer.echo(f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict)", err=True)
         run_server(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)

@@ -72,16 +72,9 @@ def generic_labels(num_classes: int) -> Labels:
     return tuple(Label(None, f"class_{i}") for i in range(num_classes))
 
 
-def labels_for(num_classes: int, labels_file: str | Path | None) -> Labels:
-    """The labels to use for a model with ``num_classes`` outputs."""
-    if labels_file is not None:
-        labels = load_labels(labels_file)
-        if len(labels) != num_classes:
-            raise LabelsError(
-                f"labels file {labels_file} has {len(labels)} labels but the model has "
-                f"{num_classes} classes: pass a labels file with one label per class"
-            )
-        return labels
-    if num_classes == 1000:
-        return imagenet_labels()
-    return generic_labels(num_classes)
+def check_count(labels: Labels, num_classes: int, source: str | Path | None) -> None:
+    if len(labels) != num_classes:
+        raise LabelsError(
+            f"labels file {source} has {len(labels)} labels but the model has "
+            f"{num_classes} classes: pass a labels file with one label per class"
+        )

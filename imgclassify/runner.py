@@ -1,53 +1,62 @@
-"""A whole ``predict`` run: expand inputs, load the model, stream batches to a writer, summarize.
+"""A whole ``predict`` run: validate, expand inputs, plan and load the model, stream batches to a
+writer, keep the run manifest, summarize.
 
 The CLI builds a :class:`PredictOptions` and calls :func:`run_predict`; nothing here knows
-about Typer. Diagnostics go to the ``imgclassify`` logger and the ``stderr`` stream given.
+about Typer. Every option is checked before the model loads. Diagnostics go to the
+``imgclassify`` logger and the ``stderr`` stream given.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .backends import Backend
-from .devices import Precision
 from .errors import NoImagesError, UsageError
-from .imaging import DecodeOptions
+from .manifest import RunManifest, command_line, describe_model, manifest_path_for, read_manifest, resume_differences
+from .model_plan import plan_model
+from .options import ModelOptions
 from .resume import recorded_paths, resume_key
 from .sources import expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
 
+if TYPE_CHECKING:
+    from .pipeline import Classifier
+
 log = logging.getLogger("imgclassify")
+
+RESUMABLE = (OutputFormat.JSONL, OutputFormat.CSV)
 
 
 @dataclass
 class PredictOptions:
     inputs: list[str]
-    model: str | None = None
-    weights: Path | None = None
-    labels: Path | None = None
-    device: str = "auto"
-    precision: Precision = Precision.FP32
-    backend: Backend = Backend.TORCH
-    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
     batch_size: int = 8
     top_k: int = 1
     workers: int | None = None
     output_format: OutputFormat | None = None
     output: Path | None = None
+    #: where to write the run manifest (default: beside --output as FILE.manifest.json; none for stdout)
+    manifest: Path | None = None
     quiet: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
     #: stop once more files than this failed: a count ("10") or a share of the inputs ("5%")
     max_failures: str | None = None
     #: skip inputs already recorded in ``output`` and append the rest (jsonl/csv)
     resume: bool = False
+    #: the command line recorded in the manifest (default: this process's)
+    command: list[str] | None = None
+    #: tune threads for this process before loading the model (the CLI's entry point asks for it)
+    tune_process: bool = False
 
 
 @dataclass
@@ -58,15 +67,32 @@ class RunSummary:
     elapsed: float = 0.0
     model: str = ""
     already_done: int = 0
+    inputs: int = 0
     #: the signal that stopped the run early (SIGINT, SIGTERM), if any
     signal: int | None = None
     stopped_for_failures: bool = False
+    manifest: Path | None = None
 
     @property
     def exit_code(self) -> int:
         if self.signal is not None:
             return 128 + self.signal
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.stopped_for_failures else 0
+
+    @property
+    def status(self) -> str:
+        if self.signal is not None:
+            return "interrupted"
+        return "stopped" if self.stopped_for_failures else "complete"
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "inputs": self.inputs,
+            "classified": self.classified,
+            "failed": self.failed,
+            "skipped_non_images": self.skipped_non_images,
+            "already_done": self.already_done,
+        }
 
     def line(self) -> str:
         total = self.classified + self.failed
@@ -118,6 +144,37 @@ def choose_format(explicit: OutputFormat | None, output: Path | None, stdout: Te
     return OutputFormat.TABLE if stdout.isatty() else OutputFormat.JSONL
 
 
+def check_writable(path: Path, option: str) -> None:
+    """``path`` can be created or overwritten: its folder exists and it is not a folder itself."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory: give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: permission denied; choose a writable location")
+
+
+def validate(options: PredictOptions, fmt: OutputFormat) -> None:
+    """Every check that needs neither the inputs nor the model: costs no model load."""
+    if options.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    if options.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
+    if options.workers is not None and options.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {options.workers}")
+    failure_limit(options.max_failures, 0)
+    if options.resume:
+        if options.output is None:
+            raise UsageError("--resume needs --output FILE (the file to continue)")
+        if fmt not in RESUMABLE:
+            raise UsageError("--resume works with --format jsonl or csv (a JSON array cannot be appended to)")
+    if options.output is not None:
+        check_writable(options.output, "--output")
+    if options.manifest is not None:
+        check_writable(options.manifest, "--manifest")
+
+
 @contextlib.contextmanager
 def _open_output(output: Path | None, stdout: TextIO, *, append: bool = False) -> Iterator[TextIO]:
     if output is None:
@@ -131,6 +188,36 @@ def _open_output(output: Path | None, stdout: TextIO, *, append: bool = False) -
         yield stream
 
 
+def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path, manifest: Path) -> None:
+    if old is None:
+        if output.exists() and output.stat().st_size > 0:
+            log.warning(
+                "%s has no manifest (%s): it was written by an older imgclassify, so it cannot be "
+                "checked that the same model and options wrote it; continuing",
+                output, manifest.name,
+            )  # fmt: skip
+        return
+    differences = resume_differences(old, new)
+    if differences:
+        raise UsageError(
+            f"--resume: {output} was written by a different run ({'; '.join(differences)}). "
+            f"Either run again with that run's options (see {manifest}), or write to a new --output"
+        )
+
+
+def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
+    return {
+        "batch_size": options.batch_size,
+        "top_k": options.top_k,
+        "workers": options.workers,
+        "format": fmt.value,
+        "output": str(options.output) if options.output else None,
+        "resume": options.resume,
+        "max_failures": options.max_failures,
+        "shard": None,
+    }
+
+
 def run_predict(
     options: PredictOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> RunSummary:
@@ -139,12 +226,8 @@ def run_predict(
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     start = time.perf_counter()
-    if options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
-    if options.workers is not None and options.workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {options.workers}")
+    fmt = choose_format(options.output_format, options.output, stdout)
+    validate(options, fmt)
 
     found = expand_inputs(options.inputs, stdin=stdin)
     for pattern in found.empty_globs:
@@ -153,27 +236,80 @@ def run_predict(
         what = ", ".join(found.missing[:3] + found.empty_globs[:3]) or ", ".join(options.inputs[:3])
         skipped = f" ({found.skipped_non_images} non-image files skipped)" if found.skipped_non_images else ""
         raise NoImagesError(f"no image found in {what}{skipped}: give image files, directories or quoted globs")
-
-    from .pipeline import load_classifier
+    limit = failure_limit(options.max_failures, len(found.paths))
 
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
-    classifier = load_classifier(
-        options.model, weights=options.weights, labels=options.labels, device=options.device,
-        precision=options.precision, progress=show_progress, backend=options.backend, decode=options.decode,
-    )  # fmt: skip
+    plan = plan_model(options.model, progress=show_progress)
+    manifest_path = options.manifest or (manifest_path_for(options.output) if options.output else None)
+    run_section = _run_section(options, fmt)
+    old_manifest = None
+    if options.resume:
+        assert options.output is not None and manifest_path is not None
+        old_manifest = read_manifest(manifest_path)
+        expected = {**describe_model(plan, plan.expected_label_set()), "run": run_section}
+        _check_resume(old_manifest, expected, options.output, manifest_path)
+
+    if options.tune_process:
+        from .runtime import configure_threads
+
+        configure_threads()
+    from .pipeline import build_classifier
+
+    classifier = build_classifier(plan)
     classifier.check_top_k(options.top_k)
-    fmt = choose_format(options.output_format, options.output, stdout)
-    summary = RunSummary(skipped_non_images=found.skipped_non_images, model=classifier.name)
+    model_section = describe_model(plan, classifier.label_set)
+    if options.resume and old_manifest is not None:
+        assert options.output is not None and manifest_path is not None
+        _check_resume(old_manifest, {**model_section, "run": run_section}, options.output, manifest_path)
+
+    summary = RunSummary(
+        skipped_non_images=found.skipped_non_images, model=classifier.name, inputs=len(found.paths),
+        manifest=manifest_path,
+    )  # fmt: skip
     paths, header = found.paths, True
     if options.resume:
-        if options.output is None:
-            raise UsageError("--resume needs --output FILE (the file to continue)")
+        assert options.output is not None
         done, has_header = recorded_paths(options.output, fmt)
         paths = [p for p in found.paths if resume_key(p, fmt) not in done]
         summary.already_done = len(found.paths) - len(paths)
         header = not has_header
-    limit = failure_limit(options.max_failures, len(found.paths))
 
+    manifest = None
+    if manifest_path is not None:
+        engine = {"name": "local", "workers": options.workers}
+        manifest = RunManifest.new(
+            manifest_path, command=options.command or command_line(), engine=engine, run=run_section
+        )
+        if old_manifest is not None:
+            manifest.data["resumed"] = {
+                "previous_started_at": old_manifest.get("started_at"),
+                "already_done": summary.already_done,
+            }
+        manifest.start(model_section, openvino=classifier.backend_kind is Backend.OPENVINO)
+    status = "failed"
+    try:
+        _classify_into(classifier, paths, options, fmt, header, limit, summary, stdout, stderr, show_progress)
+        status = summary.status
+    finally:
+        summary.elapsed = time.perf_counter() - start
+        if manifest is not None:
+            manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3))
+    return summary
+
+
+def _classify_into(
+    classifier: Classifier,
+    paths: list[str],
+    options: PredictOptions,
+    fmt: OutputFormat,
+    header: bool,
+    limit: int | None,
+    summary: RunSummary,
+    stdout: TextIO,
+    stderr: TextIO,
+    show_progress: bool,
+) -> None:
+    """Stream ``paths`` through ``classifier`` into the writer; stops cleanly on SIGINT/SIGTERM."""
     from tqdm import tqdm
 
     previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
@@ -218,8 +354,6 @@ def run_predict(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    summary.elapsed = time.perf_counter() - start
-    return summary
 
 
 def _main_thread() -> bool:

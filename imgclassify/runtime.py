@@ -56,3 +56,9 @@ def configure_threads() -> None:
     cores = available_cores()
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
+
+
+def configure_process() -> None:
+    """The process-wide speed settings, applied once by an entry point (the CLI, a server worker)."""
+    tune_allocator()
+    configure_threads()

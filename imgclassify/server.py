@@ -15,12 +15,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from .errors import ImageError, ImgclassifyError, UsageError
-from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
+from .errors import ImgclassifyError, UsageError
+from .options import ModelOptions, read_env
+from .records import Prediction
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("imgclassify.server")
 
 ROOT_MESSAGE = {"msg": "Try POSTing to the /predict endpoint with an RGB image attachment"}
-ENV_PREFIX = "IMGCLASSIFY_"
 INSTALL_HINT = "the server needs Flask: pipx install 'imgclassify[serve]' (or: pipx inject imgclassify flask gunicorn prometheus-client)"
 
 
@@ -39,15 +39,8 @@ INSTALL_HINT = "the server needs Flask: pipx install 'imgclassify[serve]' (or: p
 class ServerConfig:
     """Everything ``create_app`` needs; ``from_env`` reads ``IMGCLASSIFY_<FIELD>`` variables."""
 
-    model: str | None = None
-    weights: str | None = None
-    labels: str | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    backend: str = "torch"
-    fast_decode: bool = False
-    allow_truncated: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: the model: the same options as ``predict`` (``IMGCLASSIFY_MODEL``, ``IMGCLASSIFY_DEVICE``, ...)
+    options: ModelOptions = field(default_factory=ModelOptions)
     top_k: int = 1
     max_upload_mb: float = 20.0
     max_batch_size: int = 8
@@ -55,22 +48,13 @@ class ServerConfig:
     request_timeout_s: float = 60.0
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            kind = str(f.type)
-            try:
-                if kind == "bool":
-                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-                else:
-                    values[f.name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
-            except ValueError:
-                raise UsageError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
-        return cls(**values)
+        kinds = {f.name: _KINDS[str(f.type)] for f in fields(cls) if f.name != "options"}
+        return cls(options=ModelOptions.from_env(env), **read_env(env, kinds))
+
+
+_KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def require_flask() -> None:
@@ -151,18 +135,19 @@ def create_app(
     from flask import Flask, Request, g, jsonify, request
     from werkzeug.exceptions import HTTPException
 
-    config = config or ServerConfig.from_env()
     if not logging.getLogger("imgclassify").handlers:  # e.g. under a plain `gunicorn ...create_app()`
         configure_logging()
+    if config is None:  # the entry point of a plain `gunicorn "imgclassify.server:create_app()"`
+        config = ServerConfig.from_env()
+        from .runtime import configure_process
+
+        configure_process()
     if classifier is None:
         from .pipeline import load_classifier
 
-        classifier = load_classifier(
-            config.model, weights=config.weights, labels=config.labels, device=config.device, precision=config.precision,
-            backend=config.backend,
-            decode=DecodeOptions(fast=config.fast_decode, allow_truncated=config.allow_truncated, max_pixels=config.max_pixels),
-        )  # fmt: skip
+        classifier = load_classifier(config.options)
     classifier.check_top_k(config.top_k)
+    info = provenance(classifier, config)
 
     class InMemoryRequest(Request):
         """Uploads are parsed into memory (Werkzeug spools large files to disk by default)."""
@@ -227,6 +212,10 @@ def create_app(
     def root() -> Response:
         return jsonify(ROOT_MESSAGE)
 
+    @app.get("/info")
+    def info_route() -> Response:
+        return jsonify(info)
+
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify({"status": "ok"})
@@ -274,46 +263,65 @@ def create_app(
     return app
 
 
+def tutorial_record(prediction: Prediction, filename: str | None, model: str, *, with_top_k: bool) -> dict[str, Any]:
+    """The tutorial's JSON for one upload: ``class_id``/``class_name`` first, or ``error``/``message``."""
+    record: dict[str, Any] = {"filename": filename} if filename is not None else {}
+    if prediction.error is not None:
+        return {**record, "error": "invalid_image", "message": prediction.error}
+    best = prediction.top[0]
+    record.update(
+        class_id=best.class_id, class_name=best.class_name, wnid=best.wnid, probability=best.probability, model=model
+    )
+    if with_top_k:
+        record["top_k"] = [c.to_dict() for c in prediction.top]
+    return record
+
+
 def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, Any]]:
     """Decode each upload, batch the good ones through the dynamic batcher, answer in order."""
     import torch
 
-    from .imaging import load_tensor
-
     classifier = state.classifier
-    tensors: list[torch.Tensor | None] = []
-    records: list[dict[str, Any]] = []
-    for upload in uploads:
-        name = os.path.basename(upload.filename or "") or None
-        record: dict[str, Any] = {"filename": name}
-        try:
-            data = upload.read()
-            if not data:
-                raise ImageError("empty file")
-            tensors.append(load_tensor(io.BytesIO(data), classifier.preprocess_config, classifier.decode))
-        except ImageError as exc:
-            tensors.append(None)
-            record.update(error="invalid_image", message=str(exc))
-        records.append(record)
-    good = [t for t in tensors if t is not None]
-    if good:
-        probs = state.batcher.submit(torch.stack(good)).result(timeout=state.config.request_timeout_s)
-        rows = iter(classifier.candidates(probs, top_k))
-        for record, tensor in zip(records, tensors, strict=True):
-            if tensor is None:
-                continue
-            top = next(rows)
-            best = top[0]
-            record.update(
-                class_id=best.class_id,
-                class_name=best.class_name,
-                wnid=best.wnid,
-                probability=best.probability,
-                model=classifier.name,
-            )
-            if top_k > 1:
-                record["top_k"] = [c.to_dict() for c in top]
-    return [{k: v for k, v in r.items() if not (k == "filename" and v is None)} for r in records]
+    names = [os.path.basename(upload.filename or "") or None for upload in uploads]
+    tensors, errors = [], {}
+    for index, upload in enumerate(uploads):
+        tensor, error = classifier.decoder.try_decode(upload.read())
+        if tensor is None:
+            errors[index] = error or "cannot decode image"
+        else:
+            tensors.append(tensor)
+    probs = None
+    if tensors:
+        probs = state.batcher.submit(torch.stack(tensors)).result(timeout=state.config.request_timeout_s)
+    predictions = classifier.renderer(top_k).render([name or "" for name in names], probs, errors)
+    return [
+        tutorial_record(prediction, name, classifier.name, with_top_k=top_k > 1)
+        for prediction, name in zip(predictions, names, strict=True)
+    ]
+
+
+def provenance(classifier: Classifier, config: ServerConfig) -> dict[str, Any]:
+    """What ``GET /info`` answers: the run manifest's model provenance, plus the server's settings."""
+    from . import __version__
+    from .backends import Backend
+    from .manifest import describe_model, host, library_versions
+
+    return {
+        "imgclassify": __version__,
+        "engine": {"name": "server"},
+        **describe_model(classifier.plan, classifier.label_set),
+        "versions": {
+            "imgclassify": __version__,
+            **library_versions(openvino=classifier.backend_kind is Backend.OPENVINO),
+        },
+        "host": host(),
+        "server": {
+            "top_k": config.top_k,
+            "max_upload_mb": config.max_upload_mb,
+            "max_batch_size": config.max_batch_size,
+            "max_batch_delay_ms": config.max_batch_delay_ms,
+        },
+    }
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -343,7 +351,11 @@ def serve(
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
 
-    factory: Callable[[], Flask] = lambda: create_app(config)  # noqa: E731
+    def factory() -> Flask:
+        from .runtime import configure_process
+
+        configure_process()  # in the worker process, once
+        return create_app(config)
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

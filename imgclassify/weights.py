@@ -6,7 +6,6 @@ needs arbitrary unpickling is refused, never executed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .digests import sha256_file
 from .errors import CheckpointError, WeightsUnavailableError
 from .registry import FALLBACK_MODEL, ModelSpec
 
@@ -27,13 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imgclassify")
 
-OFFLINE_ENV = "IMGCLASSIFY_OFFLINE"
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "weights")
-
-
-def offline_requested() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _fixes(spec: ModelSpec, path: Path, reason: str) -> str:
@@ -47,7 +42,6 @@ def download(url: str, dest: Path, *, progress: bool, timeout: float = 30.0) -> 
     """Download ``url`` to ``dest`` atomically, checking the hash prefix in its file name."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     match = _HASH_PREFIX.search(dest.name)
-    digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
@@ -60,14 +54,27 @@ def download(url: str, dest: Path, *, progress: bool, timeout: float = 30.0) -> 
             ) as bar:  # fmt: skip
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
-                    digest.update(chunk)
                     bar.update(len(chunk))
-        if match and not digest.hexdigest().startswith(match.group(1)):
+        if match and not sha256_file(tmp_name).startswith(match.group(1)):
             raise WeightsUnavailableError(f"downloaded {url} but its sha256 does not match; try again")
         os.replace(tmp_name, dest)
     finally:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+def download_failure(exc: BaseException) -> str:
+    """Why a download failed, in plain words (no raw resolver errors)."""
+    import socket
+
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, socket.gaierror):
+        return "no network (the download server's name cannot be resolved)"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "no network (the download timed out)"
+    if isinstance(reason, ConnectionRefusedError):
+        return "no network (the connection was refused)"
+    return str(reason)
 
 
 def resolve_weights(spec: ModelSpec, *, allow_download: bool, progress: bool) -> Path:
@@ -85,13 +92,16 @@ def resolve_weights(spec: ModelSpec, *, allow_download: bool, progress: bool) ->
     if path.is_file():
         return path
     if not allow_download:
-        raise WeightsUnavailableError(_fixes(spec, path, f"not cached and downloads are off ({OFFLINE_ENV})"))
+        raise WeightsUnavailableError(
+            _fixes(spec, path, "not cached and downloads are off (--offline or IMGCLASSIFY_OFFLINE)")
+        )
     log.info("downloading %s weights from %s", spec.name, spec.weights_url)
     try:
         download(spec.weights_url, path, progress=progress)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise WeightsUnavailableError(_fixes(spec, path, f"not cached and download failed ({reason})")) from None
+        raise WeightsUnavailableError(
+            _fixes(spec, path, f"not cached and the download failed: {download_failure(exc)}")
+        ) from None
     return path
 
 

@@ -171,9 +171,9 @@ def test_file_deleted_between_listing_and_reading(lite0, tmp_path: Path) -> None
 
 
 def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    import imgclassify.pipeline as pipeline
+    import imgclassify.loading as loading
 
-    real = pipeline.load_tensor  # type: ignore[attr-defined]
+    real = loading.load_tensor
     poison = str(tmp_path / "poison.jpg")
     shutil.copy(SAMPLES / "labrador.jpg", poison)
 
@@ -182,7 +182,7 @@ def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monk
             raise RuntimeError("decoder bug")
         return real(source, config, options)
 
-    monkeypatch.setattr(pipeline, "load_tensor", flaky)  # forked workers inherit it
+    monkeypatch.setattr(loading, "load_tensor", flaky)  # forked workers inherit it
     paths = [str(SAMPLES / "dog.jpg"), poison, str(SAMPLES / "brittany.jpg")]
     preds = list(lite0.predict(paths, batch_size=3, workers=2))
     assert preds[1].error == "cannot decode image: RuntimeError: decoder bug"

@@ -35,7 +35,7 @@ def start(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
     exe = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
     env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "th")}
     return subprocess.Popen(
-        [exe, "predict", *args, "-m", "efficientnet_lite0", "-b", "4"],
+        [exe, "predict", *args, "-m", "efficientnet_lite0", "-b", "4", "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 
@@ -137,7 +137,8 @@ def test_out_of_memory_halves_the_batch(
 ) -> None:
     photos = sorted(SAMPLES.glob("*.jpg"))
     expected = list(lite0.predict(photos, batch_size=8, workers=0))
-    real_forward = type(lite0.model).forward
+    model = lite0.backend.inner.model  # the torch module inside the out-of-memory wrapper
+    real_forward = type(model).forward
     sizes: list[int] = []
 
     def limited(self, x):  # type: ignore[no-untyped-def]
@@ -146,11 +147,11 @@ def test_out_of_memory_halves_the_batch(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_forward(self, x)
 
-    monkeypatch.setattr(type(lite0.model), "forward", limited)
+    monkeypatch.setattr(type(model), "forward", limited)
     try:
         got = list(lite0.predict(photos, batch_size=8, workers=0))
     finally:
-        lite0._oom_limit = None
+        lite0.backend.limit = None
     for a, b in zip(got, expected, strict=True):
         assert [c.class_id for c in a.top] == [c.class_id for c in b.top]
         assert a.probability == pytest.approx(b.probability, abs=1e-4)

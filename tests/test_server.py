@@ -202,7 +202,8 @@ def test_missing_flask_names_the_install(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_config_from_environment() -> None:
     env = {"IMGCLASSIFY_MODEL": "resnet50", "IMGCLASSIFY_TOP_K": "3", "IMGCLASSIFY_MAX_UPLOAD_MB": "2.5"}
     config = ServerConfig.from_env(env)
-    assert (config.model, config.top_k, config.max_upload_mb, config.device) == ("resnet50", 3, 2.5, "auto")
+    model = config.options
+    assert (model.model, config.top_k, config.max_upload_mb, model.device) == ("resnet50", 3, 2.5, "auto")
 
 
 # -- a real server process ---------------------------------------------------------------------

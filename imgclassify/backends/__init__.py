@@ -1,0 +1,87 @@
+"""Inference backends: one small interface, uint8 batch in, class probabilities out.
+
+A backend takes a uint8 NCHW batch (the loader's output, on the CPU), normalizes it with the
+model's mean/std, runs the forward pass on its device and returns float32 softmax
+probabilities on the CPU. Which class runs is decided once, in :func:`create_backend`, from
+the :class:`Backend` kind, the precision and the device; out-of-memory halving wraps whichever
+runs (:class:`~imgclassify.backends.oom.HalvingOnOutOfMemory`). A new backend is a new module
+with one class and one row in :func:`create_backend`.
+
+Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..devices import Precision
+    from ..registry import PreprocessConfig
+
+
+class Backend(str, enum.Enum):
+    """What runs the forward pass (``--backend``)."""
+
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """uint8 NCHW batch (CPU) -> float32 probabilities (CPU), one row per image.
+
+    Implementations pickle (a process that receives one rebuilds whatever cannot travel, such
+    as a compiled OpenVINO model, on first use).
+    """
+
+    #: a short name for logs and the run manifest: "torch", "torch-frozen-bf16", "openvino"
+    name: str
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def plan(self, batch_size: int | None) -> None:
+        """A hint: batches of ``batch_size`` will come often (None: no such run)."""
+
+
+def create_backend(
+    kind: Backend,
+    model: nn.Module,
+    *,
+    preprocess: PreprocessConfig,
+    device: torch.device,
+    precision: Precision,
+    model_name: str,
+    weights_file: Path,
+) -> InferenceBackend:
+    """The backend for ``kind`` at ``precision`` on ``device``, wrapped in out-of-memory halving."""
+    from ..devices import Precision
+    from .oom import HalvingOnOutOfMemory
+
+    backend: InferenceBackend
+    if kind is Backend.OPENVINO:
+        from .openvino import OpenVinoBackend
+
+        backend = OpenVinoBackend(
+            model, preprocess=preprocess, device=device, precision=precision,
+            model_name=model_name, weights_file=weights_file,
+        )  # fmt: skip
+    else:
+        from .torch_eager import TorchEagerBackend
+
+        backend = TorchEagerBackend(model, preprocess=preprocess, device=device, precision=precision)
+        if device.type == "cpu" and precision is Precision.BF16:
+            from .frozen import FrozenGraphBackend
+
+            backend = FrozenGraphBackend(backend, model_name=model_name)
+    return HalvingOnOutOfMemory(backend)
+
+
+__all__ = ["Backend", "InferenceBackend", "create_backend"]

@@ -1,0 +1,63 @@
+"""Rendering: class probabilities -> :class:`~imgclassify.records.Prediction` records.
+
+The one place where probabilities become top-k candidates with labels, used by the CLI, the
+Python API, the server and the Ray engine alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+from .labels import Labels
+from .records import Candidate, Prediction
+
+if TYPE_CHECKING:
+    import torch
+
+#: probabilities are rounded to this many decimals in records (stable, readable output)
+PROBABILITY_DECIMALS = 6
+
+
+def check_top_k(top_k: int, num_classes: int) -> None:
+    if not 1 <= top_k <= num_classes:
+        raise UsageError(f"--top-k must be between 1 and {num_classes} (the model's class count), got {top_k}")
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """Top-k candidates with labels, for one model's labels."""
+
+    labels: Labels
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        check_top_k(self.top_k, len(self.labels))
+
+    def candidates(self, probs: torch.Tensor) -> list[tuple[Candidate, ...]]:
+        """One tuple of ``top_k`` candidates per row of ``probs``, best first."""
+        values, indices = probs.topk(min(self.top_k, len(self.labels)), dim=1)
+        labels = self.labels
+        return [
+            tuple(
+                Candidate(i, labels[i].wnid, labels[i].name, round(v, PROBABILITY_DECIMALS))
+                for v, i in zip(vals, idxs, strict=True)
+            )
+            for vals, idxs in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    def render(
+        self, names: Sequence[str], probs: torch.Tensor | None, errors: Mapping[int, str] | None = None
+    ) -> list[Prediction]:
+        """One record per name, in order: ``errors[i]`` for a failed one, else the next row of ``probs``."""
+        errors = errors or {}
+        rows = iter(self.candidates(probs) if probs is not None else [])
+        records = [
+            Prediction(name, error=errors[i]) if i in errors else Prediction(name, next(rows))
+            for i, name in enumerate(names)
+        ]
+        if next(rows, None) is not None:
+            raise ValueError("more probability rows than images without an error")
+        return records
