@@ -173,7 +173,7 @@ def test_file_deleted_between_listing_and_reading(lite0, tmp_path: Path) -> None
 def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import imgclassify.loading as loading
 
-    real = loading.load_tensor
+    real = loading.load_tensor  # type: ignore[attr-defined]
     poison = str(tmp_path / "poison.jpg")
     shutil.copy(SAMPLES / "labrador.jpg", poison)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -40,13 +41,13 @@ def test_bf16_cpu(reference: dict[str, int]) -> None:
     clf = load_classifier("efficientnet_lite0", device="cpu", precision="bf16")
     check_against(reference, top1(clf, PHOTOS))
     # the run was long enough for the frozen bf16 graph, and it was used (not rejected)
-    assert [g is not None for g in clf.backend.inner.graphs.values()] == [True]
+    assert [g is not None for g in cast(Any, clf.backend).inner.graphs.values()] == [True]
 
 
 def test_bf16_frozen_graph_matches_eager_bf16() -> None:
     clf = load_classifier("efficientnet_lite0", device="cpu", precision="bf16")
     graph = list(clf.predict(PHOTOS, batch_size=8, workers=0, top_k=3))
-    clf.backend.inner.enabled = False
+    cast(Any, clf.backend).inner.enabled = False
     eager = list(clf.predict(PHOTOS, batch_size=8, workers=0, top_k=3))
     same = sum(a.class_id == b.class_id for a, b in zip(graph, eager, strict=True))
     assert same >= len(PHOTOS) - 1
