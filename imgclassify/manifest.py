@@ -58,8 +58,11 @@ def host() -> dict[str, Any]:
     return {"platform": platform.platform(terse=True), "machine": platform.machine(), "cpu": cpu_description()}
 
 
-def describe_model(plan: ModelPlan, label_set: LabelSet | None) -> dict[str, Any]:
-    """The model's part of the provenance: model, weights, labels, preprocessing, device/precision/backend."""
+def describe_model(plan: ModelPlan, label_set: LabelSet | None, *, device: str | None = None) -> dict[str, Any]:
+    """The model's part of the provenance: model, weights, labels, preprocessing, device/precision/backend.
+
+    ``device``: the device the model runs on, once loaded (else the one asked for, such as ``auto``).
+    """
     options, spec, pre = plan.options, plan.spec, plan.preprocess
     decode = options.decode
     return {
@@ -76,7 +79,7 @@ def describe_model(plan: ModelPlan, label_set: LabelSet | None) -> dict[str, Any
             "allow_truncated": decode.allow_truncated,
             "max_pixels": decode.max_pixels,
         },
-        "device": options.device,
+        "device": device or options.device,
         "precision": options.precision.value,
         "backend": options.backend.value,
     }

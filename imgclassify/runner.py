@@ -257,7 +257,7 @@ def run_predict(
 
     classifier = build_classifier(plan)
     classifier.check_top_k(options.top_k)
-    model_section = describe_model(plan, classifier.label_set)
+    model_section = describe_model(plan, classifier.label_set, device=str(classifier.device))
     if options.resume and old_manifest is not None:
         assert options.output is not None and manifest_path is not None
         _check_resume(old_manifest, {**model_section, "run": run_section}, options.output, manifest_path)
@@ -276,7 +276,12 @@ def run_predict(
 
     manifest = None
     if manifest_path is not None:
-        engine = {"name": "local", "workers": options.workers}
+        from .loading import default_workers
+
+        workers = options.workers
+        if workers is None:
+            workers = default_workers(len(paths), options.batch_size, classifier.device.type, classifier.backend_kind)
+        engine = {"name": "local", "decode_workers": workers}
         manifest = RunManifest.new(
             manifest_path, command=options.command or command_line(), engine=engine, run=run_section
         )

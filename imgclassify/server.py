@@ -309,7 +309,7 @@ def provenance(classifier: Classifier, config: ServerConfig) -> dict[str, Any]:
     return {
         "imgclassify": __version__,
         "engine": {"name": "server"},
-        **describe_model(classifier.plan, classifier.label_set),
+        **describe_model(classifier.plan, classifier.label_set, device=str(classifier.device)),
         "versions": {
             "imgclassify": __version__,
             **library_versions(openvino=classifier.backend_kind is Backend.OPENVINO),

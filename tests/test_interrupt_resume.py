@@ -21,6 +21,7 @@ from conftest import SAMPLES, parse_jsonl
 from imgclassify.cli import app
 
 COUNT = 300
+EXTRA = ["-m", "efficientnet_lite0", "-b", "4", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def start(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
     exe = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
     env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "th")}
     return subprocess.Popen(
-        [exe, "predict", *args, "-m", "efficientnet_lite0", "-b", "4", "--device", "cpu"],
+        [exe, "predict", *args, *EXTRA],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 
@@ -71,6 +72,12 @@ def test_signal_stops_cleanly_with_valid_output(corpus: Path, tmp_path: Path, si
         records = list(csv.DictReader(io.StringIO(text, newline="")))
     assert 0 < len(records) < COUNT
     assert all(r["class_id"] not in (None, "") for r in records)
+    # the manifest was completed after the signal, atomically, with the counts of what was written
+    manifest = json.loads((tmp_path / f"out.{fmt}.manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["finished_at"]
+    assert manifest["command"] == ["imgclassify", "predict", str(corpus), "-o", str(out), *EXTRA]
+    assert manifest["counts"]["classified"] == len(records) and manifest["counts"]["inputs"] == COUNT
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary manifest was left behind"
 
 
 @pytest.mark.parametrize(("how", "fmt"), [("SIGKILL", "jsonl"), ("SIGINT", "jsonl"), ("SIGKILL", "csv")])

@@ -176,16 +176,39 @@ def test_dynamic_batching_stacks_concurrent_requests_and_matches_single_path(lit
             assert got["probability"] == pytest.approx(want.probability, abs=1e-4)
 
 
-def test_uploads_never_touch_the_disk(client, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_uploads_never_touch_the_disk(lite0, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """An upload well over werkzeug's 500 KB spooling threshold is parsed in memory.
+
+    werkzeug bound ``SpooledTemporaryFile`` when it was imported (``werkzeug.formparser``), so
+    that name is patched where it is used, as well as tempfile's own functions.
+    """
     import tempfile
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("upload written to a temporary file")
+    import werkzeug.formparser
 
-    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", refuse)
-    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-    response = client.post("/predict", data=upload("three_dogs.jpg"), content_type="multipart/form-data")
-    assert response.status_code == 200
+    spooled: list[str] = []
+
+    def refuse(name: str) -> object:
+        def call(*args: object, **kwargs: object) -> None:
+            spooled.append(name)
+            raise AssertionError(f"upload written to a temporary file ({name})")
+
+        return call
+
+    for module, name in [(werkzeug.formparser, "SpooledTemporaryFile"), (tempfile, "SpooledTemporaryFile"),
+                         (tempfile, "TemporaryFile"), (tempfile, "NamedTemporaryFile"), (tempfile, "mkstemp")]:  # fmt: skip
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, refuse(name))
+    from PIL import Image
+
+    big = io.BytesIO()
+    with Image.open(SAMPLES / "three_dogs.jpg") as image:
+        image.convert("RGB").resize((2400, 1800)).save(big, "JPEG", quality=98)
+    assert big.tell() > 1_000_000  # twice werkzeug's in-memory threshold
+    app = create_app(ServerConfig(max_upload_mb=8), classifier=lite0, warm_up_async=False)
+    data = {"file": (io.BytesIO(big.getvalue()), "three_dogs_big.jpg")}
+    response = app.test_client().post("/predict", data=data, content_type="multipart/form-data")
+    assert spooled == [] and response.status_code == 200, response.get_json()
 
 
 def test_missing_flask_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:

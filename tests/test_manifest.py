@@ -1,0 +1,189 @@
+"""The run manifest beside every output, and a --resume that cannot mix runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SAMPLES, parse_jsonl
+from imgclassify.cli import app
+
+PHOTOS = [str(SAMPLES / "kitten.jpg"), str(SAMPLES / "labrador.jpg")]
+LITE0 = ["-m", "efficientnet_lite0", "-d", "cpu"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_beside_the_output(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["predict", *PHOTOS, str(tmp_path / "missing.jpg"), *LITE0, "-k", "3", "-o", str(out)])
+    assert result.exit_code == 1, result.stderr
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    from imgclassify import __version__
+    from imgclassify.registry import get_spec
+
+    bundled = get_spec("efficientnet_lite0").bundled_path()
+    assert bundled is not None
+    assert manifest["imgclassify"] == __version__ and manifest["status"] == "complete"
+    assert isinstance(manifest["command"], list)  # this process's argv; checked exactly in test_interrupt_resume
+    assert manifest["model"] == {"name": "efficientnet_lite0", "family": "timm", "architecture": "tf_efficientnet_lite0"}
+    assert manifest["weights"]["source"] == "bundled" and manifest["weights"]["sha256"] == sha256(bundled)
+    assert manifest["labels"]["source"] == "bundled ImageNet-1k" and manifest["labels"]["count"] == 1000
+    assert manifest["preprocessing"] == {
+        "resize": 256, "crop": 224, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
+        "fast_decode": False, "allow_truncated": False, "max_pixels": 178956970,
+    }  # fmt: skip
+    assert (manifest["device"], manifest["precision"], manifest["backend"]) == ("cpu", "fp32", "torch")
+    assert manifest["run"]["batch_size"] == 8 and manifest["run"]["top_k"] == 3
+    assert manifest["engine"]["name"] == "local"
+    assert manifest["counts"] == {"inputs": 3, "classified": 2, "failed": 1, "skipped_non_images": 0, "already_done": 0}
+    for name in ("python", "torch", "torchvision", "timm", "pillow"):
+        assert manifest["versions"][name], name
+    assert "openvino" not in manifest["versions"]  # only when used
+    started = dt.datetime.fromisoformat(manifest["started_at"].replace("Z", "+00:00"))
+    finished = dt.datetime.fromisoformat(manifest["finished_at"].replace("Z", "+00:00"))
+    assert started.tzinfo is not None and started <= finished
+    assert len(parse_jsonl(out.read_text())) == 3
+
+
+def test_manifest_anywhere_also_for_stdout(runner: CliRunner, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "run.json"
+    target.parent.mkdir()
+    result = runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-f", "csv", "--manifest", str(target)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("path,class_id")  # stdout still carries only data
+    assert json.loads(target.read_text())["run"]["format"] == "csv"
+
+
+def test_labels_hash_is_of_the_labels_not_the_file(runner: CliRunner, tmp_path: Path) -> None:
+    """The tutorial's index_to_name.json holds the bundled ImageNet labels: same labels, same hash."""
+    for name, extra in (("a", []), ("b", ["--labels", str(SAMPLES / "index_to_name.json")])):
+        out = tmp_path / f"{name}.jsonl"
+        assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out), *extra]).exit_code == 0
+    a = json.loads((tmp_path / "a.jsonl.manifest.json").read_text())["labels"]
+    b = json.loads((tmp_path / "b.jsonl.manifest.json").read_text())["labels"]
+    assert a["sha256"] == b["sha256"] and (a["source"], b["source"]) == ("bundled ImageNet-1k", "file")
+
+
+def _refuse_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclassify.pipeline as pipeline
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(pipeline, "build_classifier", refuse)
+
+
+def test_resume_with_another_model_is_refused_and_the_output_untouched(
+    runner: CliRunner, tmp_path: Path, densenet_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out)]).exit_code == 0
+    with open(out, "a") as stream:
+        stream.write('{"path": "cut sh')  # a last record cut short: a resume that went on would truncate it
+    before = out.read_bytes()
+    _refuse_model_loads(monkeypatch)
+    args = ["predict", *PHOTOS, "-m", "densenet121", "--weights", str(densenet_weights), "-o", str(out), "--resume"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    message = result.stderr
+    assert "written by a different run" in message and "model: efficientnet_lite0 -> densenet121" in message
+    assert "weights sha256:" in message and "resize" not in message  # both resize to 256
+    assert "interpolation: bicubic -> bilinear" in message and "mean: [0.5, 0.5, 0.5] -> [0.485" in message
+    assert "run again with that run's options" in message and "new --output" in message
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "difference"),
+    [
+        (["-k", "3"], "top-k: 1 -> 3"),
+        (["--precision", "bf16"], "precision: fp32 -> bf16"),
+        (["--fast-decode"], "fast_decode: False -> True"),
+        (["--labels", "LABELS"], "labels sha256:"),
+    ],
+)
+def test_resume_refuses_each_difference(
+    runner: CliRunner, tmp_path: Path, extra: list[str], difference: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out)]).exit_code == 0
+    before = out.read_bytes()
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([f"thing {i}" for i in range(1000)]))
+    extra = [str(labels) if e == "LABELS" else e for e in extra]
+    _refuse_model_loads(monkeypatch)  # every one of these is known before loading
+    result = runner.invoke(app, ["predict", *PHOTOS, *LITE0, "-o", str(out), "--resume", *extra])
+    assert result.exit_code == 2 and difference in result.stderr, result.stderr
+    assert out.read_bytes() == before
+
+
+def test_resume_same_options_appends(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["predict", *PHOTOS, *LITE0, "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().count("\n") == 3  # header + two records
+    manifest = json.loads((tmp_path / "out.csv.manifest.json").read_text())
+    assert manifest["counts"]["already_done"] == 1 and manifest["resumed"]["already_done"] == 1
+
+
+def test_resume_without_manifest_warns_once_and_goes_on(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "old.jsonl"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out)]).exit_code == 0
+    (tmp_path / "old.jsonl.manifest.json").unlink()  # as an older imgclassify left it
+    result = runner.invoke(app, ["predict", *PHOTOS, *LITE0, "-o", str(out), "--resume"])
+    assert result.exit_code == 0
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "has no manifest" in warnings[0], result.stderr
+    assert len(parse_jsonl(out.read_text())) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume"], "--resume needs --output"),
+        (["--resume", "-o", "OUT/x.json"], "jsonl or csv"),
+        (["--resume", "-f", "table", "-o", "OUT/x.txt"], "jsonl or csv"),
+        (["--max-failures", "lots"], "--max-failures takes a count"),
+        (["-o", "OUT/no/such/dir/x.jsonl"], "does not exist"),
+        (["-o", "OUT"], "is a directory"),
+        (["--manifest", "OUT/no/such/m.json"], "does not exist"),
+    ],
+)
+def test_bad_options_cost_no_model_load(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    _refuse_model_loads(monkeypatch)
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    result = runner.invoke(app, ["predict", PHOTOS[0], *LITE0, *args])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_offline_reaches_the_library_as_an_argument(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("IMGCLASSIFY_OFFLINE")
+    result = runner.invoke(app, ["predict", PHOTOS[0], "-m", "densenet121", "--offline"])
+    assert result.exit_code == 2 and "downloads are off" in result.stderr
+    assert "IMGCLASSIFY_OFFLINE" not in os.environ  # nothing written to the environment
+
+
+def test_server_info_has_the_same_provenance(lite0, tmp_path: Path, runner: CliRunner) -> None:  # type: ignore[no-untyped-def]
+    from imgclassify.server import ServerConfig, create_app
+
+    client = create_app(ServerConfig(), classifier=lite0, warm_up_async=False).test_client()
+    info = client.get("/info").get_json()
+    out = tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out)]).exit_code == 0
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    for key in ("model", "weights", "labels", "preprocessing", "device", "precision", "backend", "versions"):
+        assert info[key] == manifest[key], key
+    assert info["engine"] == {"name": "server"} and info["server"]["max_batch_size"] == 8

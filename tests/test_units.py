@@ -1,0 +1,167 @@
+"""Unit tests: --resume's reader, --max-failures' parser, the server's dynamic batcher."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgclassify.batching import DynamicBatcher
+from imgclassify.errors import UsageError
+from imgclassify.resume import recorded_paths, resume_key
+from imgclassify.runner import failure_limit
+from imgclassify.writers import OutputFormat
+
+# -- resume.recorded_paths ---------------------------------------------------------------------
+
+
+def test_recorded_paths_missing_or_empty_file(tmp_path: Path) -> None:
+    assert recorded_paths(tmp_path / "none.jsonl", OutputFormat.JSONL) == (set(), False)
+    (tmp_path / "empty.csv").write_text("")
+    assert recorded_paths(tmp_path / "empty.csv", OutputFormat.CSV) == (set(), False)
+
+
+def test_recorded_paths_jsonl_truncates_a_cut_last_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    whole = '{"path": "a.jpg", "class_id": 1}\n{"path": "b\\u00e9.jpg", "class_id": 2}\n'
+    out.write_text(whole + '{"path": "c.jpg", "cla')
+    assert recorded_paths(out, OutputFormat.JSONL) == ({"a.jpg", "bé.jpg"}, False)
+    assert out.read_text() == whole
+
+
+def test_recorded_paths_jsonl_stops_at_a_line_that_is_not_a_record(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"path": "a.jpg"}\nnot json\n{"path": "b.jpg"}\n')
+    assert recorded_paths(out, OutputFormat.JSONL) == ({"a.jpg"}, False)
+    assert out.read_text() == '{"path": "a.jpg"}\n'
+
+
+def test_recorded_paths_csv_quoted_newlines_and_cut_record(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    header = "path,class_id,wnid,class_name,probability,top_k,error\n"
+    rows = '"odd\nname.jpg",1,,x,0.5,,\nplain.jpg,,,,,,file not found\n'
+    out.write_text(header + rows + '"cut, in')
+    done, has_header = recorded_paths(out, OutputFormat.CSV)
+    assert done == {"odd\nname.jpg", "plain.jpg"} and has_header
+    assert out.read_text() == header + rows
+
+
+def test_recorded_paths_csv_without_our_header_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    out.write_text("a,b\n1,2\n")
+    with pytest.raises(UsageError, match="does not start with imgclassify's CSV header"):
+        recorded_paths(out, OutputFormat.CSV)
+    assert out.read_text() == "a,b\n1,2\n"
+
+
+def test_recorded_paths_refuses_json_and_table(tmp_path: Path) -> None:
+    for fmt in (OutputFormat.JSON, OutputFormat.TABLE):
+        with pytest.raises(UsageError, match="jsonl or csv"):
+            recorded_paths(tmp_path / "x", fmt)
+
+
+def test_resume_key_matches_what_csv_holds_for_undecodable_names() -> None:
+    name = b"caf\xe9.jpg".decode("utf-8", errors="surrogateescape")
+    assert resume_key(name, OutputFormat.JSONL) == name
+    assert resume_key(name, OutputFormat.CSV) == "caf\\xe9.jpg"
+
+
+# -- runner.failure_limit ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "total", "limit"),
+    [(None, 100, None), ("0", 100, 0), ("10", 5, 10), (" 3 ", 100, 3), ("5%", 200, 10), ("5%", 10, 0),
+     ("100%", 7, 7), ("12.5%", 80, 10), ("0%", 50, 0)],
+)  # fmt: skip
+def test_failure_limit(spec: str | None, total: int, limit: int | None) -> None:
+    assert failure_limit(spec, total) == limit
+
+
+@pytest.mark.parametrize("spec", ["-1", "abc", "150%", "-5%", "", "%", "1.5", "10 %x"])
+def test_failure_limit_rejects(spec: str) -> None:
+    with pytest.raises(UsageError, match="--max-failures takes a count or a percentage"):
+        failure_limit(spec, 100)
+
+
+# -- batching.DynamicBatcher ---------------------------------------------------------------------
+
+
+class Recorder:
+    """A forward pass that returns its input rows as floats, and records the batch sizes."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.sizes: list[int] = []
+        self.delay = delay
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(batch))
+        time.sleep(self.delay)
+        return batch.float()
+
+
+def rows(first: int, count: int) -> torch.Tensor:
+    return torch.arange(first, first + count).view(count, 1)
+
+
+def test_batcher_gives_each_caller_its_own_rows_in_shared_batches() -> None:
+    forward = Recorder(delay=0.01)
+    batcher = DynamicBatcher(forward, max_batch_size=8, max_delay_s=0.05)
+    results: dict[int, torch.Tensor] = {}
+    start = threading.Barrier(12)
+
+    def call(i: int) -> None:
+        start.wait()
+        results[i] = batcher.submit(rows(i * 10, 1 + i % 3)).result(timeout=10)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    for i in range(12):
+        assert results[i].flatten().tolist() == [float(i * 10 + j) for j in range(1 + i % 3)]
+    assert max(forward.sizes) > 3  # callers really shared forward passes
+    assert max(forward.sizes) <= 8 and sum(forward.sizes) == sum(1 + i % 3 for i in range(12))
+
+
+def test_batcher_never_exceeds_max_batch_size_and_carries_the_rest() -> None:
+    forward = Recorder()
+    batcher = DynamicBatcher(forward, max_batch_size=4, max_delay_s=0.2)
+    futures = [batcher.submit(rows(0, 3)), batcher.submit(rows(3, 3)), batcher.submit(rows(6, 1))]
+    got = [f.result(timeout=10).flatten().tolist() for f in futures]
+    batcher.close()
+    assert got == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0]]
+    assert forward.sizes == [3, 4]  # the second job would overflow the first batch: it starts the next
+
+
+def test_batcher_failure_reaches_every_caller_of_that_batch_and_it_keeps_going() -> None:
+    calls = {"n": 0}
+
+    def flaky(batch: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("model failed")
+        return batch.float()
+
+    batcher = DynamicBatcher(flaky, max_batch_size=8, max_delay_s=0.2)
+    first = [batcher.submit(rows(0, 1)), batcher.submit(rows(1, 1))]
+    for future in first:
+        with pytest.raises(RuntimeError, match="model failed"):
+            future.result(timeout=10)
+    assert batcher.submit(rows(5, 2)).result(timeout=10).flatten().tolist() == [5.0, 6.0]
+    batcher.close()
+
+
+def test_batcher_without_delay_runs_alone_and_close_stops_the_thread() -> None:
+    forward = Recorder()
+    batcher = DynamicBatcher(forward, max_batch_size=8, max_delay_s=0.0)
+    assert batcher.submit(rows(0, 2)).result(timeout=10).flatten().tolist() == [0.0, 1.0]
+    batcher.close()
+    assert not batcher._thread.is_alive()
+    with pytest.raises(ValueError, match="max_batch_size"):
+        DynamicBatcher(forward, max_batch_size=0)
