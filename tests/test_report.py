@@ -421,8 +421,9 @@ def test_page_in_chromium(tmp_path: Path, browser: Chromium) -> None:
     browser.choose("#sort", "prob-asc")
     assert browser.js(shown) == [round(p, 4) for p in sorted(probs)[:100]]
     browser.choose("#sort", "path-asc")
-    first = browser.js("Array.from(document.querySelectorAll('#grid .path')).slice(0, 3).map(e => e.textContent)")
-    assert first == [str(evil), str(photos / "deleted.jpg"), str(photos / "img0.jpg")]
+    first = browser.js("Array.from(document.querySelectorAll('#grid .card')).slice(0, 4).map(e => e.title.split('\\n')[0])")
+    assert first == [str(evil), str(photos / "deleted.jpg"), str(photos / "img0.jpg"), str(photos / "img1.jpg")]
+    assert browser.js("document.querySelectorAll('#grid .path')[2].textContent") == "…/photos/img0.jpg"
     # the class filter (select) and the search box (typed)
     key = browser.js("Array.from(document.querySelectorAll('#class-filter option')).find(o => o.textContent.startsWith('class_201 (201)')).value")
     browser.choose("#class-filter", key)
@@ -458,6 +459,13 @@ def test_page_in_chromium(tmp_path: Path, browser: Chromium) -> None:
         ".then(() => Math.max(i.naturalWidth, i.naturalHeight))))"
     )
     assert sizes == [160] * 12
+    # the top-k shows on hover (and in the card's title)
+    browser.js("document.getElementById('search').blur(); window.scrollTo(0, 0)")
+    top = browser.js("(() => { const c = document.querySelectorAll('#grid .card')[1];"
+                     " const r = c.getBoundingClientRect(); return [r.x + r.width / 2, r.y + 40, c.title]; })()")
+    browser.send("Input.dispatchMouseEvent", type="mouseMoved", x=top[0], y=top[1])
+    assert browser.js("getComputedStyle(document.querySelector('#grid .card:nth-child(2) .topk')).display") == "block"
+    assert len(top[2].splitlines()) == 4  # the path, then the top 3
     screenshot = tmp_path / "report.png"
     screenshot.write_bytes(base64.b64decode(browser.send("Page.captureScreenshot", format="png")["data"]))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 50_000
