@@ -41,8 +41,15 @@ def main() -> None:
                 path = folder / f"img{i:05d}.jpg"
                 os.symlink(photos[i % len(photos)], path)
                 p = 0.05 + (i * 7919 % 950) / 1000
-                top = tuple(Candidate(c, None, f"class_{c}", round(p / (k + 1), 6)) for k, c in enumerate((i % 97, 97 + i % 5, 102 + i % 3)))
-                record = Prediction(str(path), top).to_dict(top_k=True) if i % 50 else Prediction(str(path), error="truncated image file").to_dict()
+                top = tuple(
+                    Candidate(c, None, f"class_{c}", round(p / (k + 1), 6))
+                    for k, c in enumerate((i % 97, 97 + i % 5, 102 + i % 3))
+                )
+                record = (
+                    Prediction(str(path), top).to_dict(top_k=True)
+                    if i % 50
+                    else Prediction(str(path), error="truncated image file").to_dict()
+                )
                 record["confident"] = p >= 0.5 if i % 50 else None
                 stream.write(json.dumps(record) + "\n")
         for thumbnails in (True, False):
@@ -52,8 +59,10 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             per_image = summary.bytes / args.images
             print(f"{summary.line()}")
-            print(f"  thumbnails={thumbnails}: {elapsed:.1f}s ({args.images / elapsed:.0f} records/s), "
-                  f"{summary.bytes / 1e6:.1f} MB ({per_image / 1e3:.1f} kB per record)")
+            print(
+                f"  thumbnails={thumbnails}: {elapsed:.1f}s ({args.images / elapsed:.0f} records/s), "
+                f"{summary.bytes / 1e6:.1f} MB ({per_image / 1e3:.1f} kB per record)"
+            )
         print(f"  peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
         if args.no_browser:
             return
@@ -79,9 +88,11 @@ def main() -> None:
                 filter_ms = (time.perf_counter() - t0) * 1000
                 matched = browser.js("document.getElementById('match-count').textContent")
                 heap = browser.js("performance.memory ? Math.round(performance.memory.usedJSHeapSize / 1e6) : null")
-                print(f"  chromium {name}: usable after {ready} ms (load event {wall:.1f}s), {cards} cards on page 1; "
-                      f"next page {next_ms:.0f} ms, typed filter {filter_ms:.0f} ms -> {matched}; JS heap {heap} MB; "
-                      f"errors: {len(browser.errors())}")
+                print(
+                    f"  chromium {name}: usable after {ready} ms (load event {wall:.1f}s), {cards} cards on page 1; "
+                    f"next page {next_ms:.0f} ms, typed filter {filter_ms:.0f} ms -> {matched}; JS heap {heap} MB; "
+                    f"errors: {len(browser.errors())}"
+                )
             finally:
                 browser.close()
 

@@ -366,9 +366,9 @@ def report(
             help="A results file written by `imgclassify predict` (json, jsonl or csv).", show_default=False
         ),
     ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="The HTML file to write.", dir_okay=False)
-    ] = Path("report.html"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.", dir_okay=False)] = Path(
+        "report.html"
+    ),
     manifest: Annotated[
         Optional[Path],
         typer.Option(
@@ -405,8 +405,16 @@ def report(
             show_default=False,
         ),
     ] = None,
-    title: Annotated[
-        Optional[str], typer.Option("--title", help="The page's title.", show_default=False)
+    title: Annotated[Optional[str], typer.Option("--title", help="The page's title.", show_default=False)] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Processes making thumbnails (0: in the main process). Default: one per core, up to 8.",
+            show_default=False,
+        ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -422,7 +430,7 @@ def report(
                 raise ResultsFormatError(f"unknown --format {results_format!r}; use json, jsonl or csv") from None
         summary = write_report(
             results, output, manifest=manifest, thumbnails=thumbnails, thumbnail_size=thumbnail_size,
-            results_format=fmt, base_dir=base_dir, title=title,
+            results_format=fmt, base_dir=base_dir, title=title, workers=workers,
         )  # fmt: skip
     if not quiet:
         for warning in summary.warnings:

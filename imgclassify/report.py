@@ -20,12 +20,12 @@ import io
 import json
 import math
 import os
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .errors import ImageError, UsageError
 from .imaging import DecodeOptions, open_image
@@ -341,11 +341,69 @@ def _read_manifest(manifest: Path | None, results: Path, summary: ReportSummary)
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         if explicit:
-            raise ManifestError(f"manifest {manifest} is not readable JSON ({exc}); point --manifest at the run's manifest") from None
+            raise ManifestError(
+                f"manifest {manifest} is not readable JSON ({exc}); point --manifest at the run's manifest"
+            ) from None
         summary.warnings.append(f"manifest {manifest} ignored: not readable JSON ({exc})")
         return {"path": str(manifest), "data": None, "note": f"manifest {manifest.name} is not readable JSON"}
     summary.manifest = manifest
     return {"path": str(manifest), "data": data, "note": None}
+
+
+def _thumbnail_chunk(paths: list[str], size: int) -> list[tuple[str | None, str | None]]:
+    """(base64 JPEG, None) or (None, why not) per path; runs in a worker process or in-process."""
+    out: list[tuple[str | None, str | None]] = []
+    for path in paths:
+        try:
+            # base64 holds no character that could end the <script> element or the JSON string
+            out.append((base64.b64encode(make_thumbnail(Path(path), size)).decode("ascii"), None))
+        except ImageError as exc:
+            out.append((None, str(exc)))
+        except (OSError, ValueError) as exc:  # a path the OS cannot even look at (NUL byte, too long)
+            out.append((None, f"cannot read: {exc}"))
+    return out
+
+
+_CHUNK = 16
+
+
+def default_workers() -> int:
+    """Thumbnail processes: one per core the process may use, up to 8; none (in-process) on one core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(cores, 8)
+
+
+def _thumbnails(paths: Iterable[str], size: int, workers: int) -> Iterator[tuple[str | None, str | None]]:
+    """Thumbnails in input order. With workers, at most ``4 * workers`` chunks of 16 are in flight: bounded memory."""
+    chunks = _chunks(paths)
+    if workers <= 0:
+        for chunk in chunks:
+            yield from _thumbnail_chunk(chunk, size)
+        return
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers) as pool:
+        window: deque[Future[list[tuple[str | None, str | None]]]] = deque()
+        for chunk in chunks:
+            window.append(pool.submit(_thumbnail_chunk, chunk, size))
+            if len(window) >= 4 * workers:
+                yield from window.popleft().result()
+        while window:
+            yield from window.popleft().result()
+
+
+def _chunks(paths: Iterable[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for path in paths:
+        chunk.append(path)
+        if len(chunk) == _CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def write_report(
@@ -358,8 +416,14 @@ def write_report(
     results_format: ResultsFormat | None = None,
     base_dir: Path | None = None,
     title: str | None = None,
+    workers: int | None = None,
 ) -> ReportSummary:
-    """Write the HTML report of ``results`` to ``output``; thumbnails streamed, one image in memory at a time."""
+    """Write the HTML report of ``results`` to ``output``.
+
+    Thumbnails are made in ``workers`` processes (default :func:`default_workers`; 0: in this
+    process) and streamed to the file in input order, a bounded number in memory at a time.
+    The file appears complete or not at all (written as ``OUTPUT.part``, then renamed).
+    """
     if thumbnail_size < 16 or thumbnail_size > 1024:
         raise UsageError(f"--thumbnail-size {thumbnail_size} is out of range; use 16 to 1024 (default 160)")
     summary = ReportSummary(output=output)
@@ -368,57 +432,51 @@ def write_report(
     head, middle, tail = _template()
     page_title = title or f"imgclassify report: {csv_text(results.name)}"
     counts: Counter[tuple[int | None, str | None]] = Counter()
+    shown = []
+    for entry in entries:
+        entry["thumb"] = None
+        if _failed(entry):
+            summary.failed += 1
+            continue
+        summary.classified += 1
+        counts[(entry["class_id"], entry["class_name"])] += 1
+        shown.append(entry)
+    summary.records = len(entries)
+    summary.classes = [(cid, name, n) for (cid, name), n in counts.most_common()]
+    if workers is None:
+        workers = default_workers() if len(shown) >= 4 * _CHUNK else 0
     tmp = output.with_name(output.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as stream:
-        stream.write(head.replace(_TITLE_MARK, html.escape(page_title)))
-        stream.write("[")
-        thumb_index = 0
-        for entry in entries:
-            entry["thumb"] = None
-            if _failed(entry):
-                summary.failed += 1
-                continue
-            summary.classified += 1
-            counts[(entry["class_id"], entry["class_name"])] += 1
+    try:
+        with open(tmp, "w", encoding="utf-8") as stream:
+            stream.write(head.replace(_TITLE_MARK, html.escape(page_title)))
+            stream.write("[")
             if thumbnails:
-                thumb_index = _write_thumbnail(stream, entry, thumb_index, results, base_dir, thumbnail_size, summary)
-        stream.write("]")
-        stream.write(middle)
-        summary.records = len(entries)
-        summary.classes = [(cid, name, n) for (cid, name), n in counts.most_common()]
-        data = {
-            "title": page_title,
-            "results": csv_text(str(results)),
-            "thumbnails": thumbnails,
-            "thumbnail_size": thumbnail_size,
-            "records": entries,
-            "counts": {"records": summary.records, "classified": summary.classified, "failed": summary.failed},
-            "classes": summary.classes,
-            "manifest": manifest_data,
-        }
-        stream.write(script_json(data))
-        stream.write(tail.replace(_TITLE_MARK, html.escape(page_title)))
-    os.replace(tmp, output)
+                paths = (str(_resolve(entry["path"], results, base_dir)) for entry in shown)
+                for entry, (thumb, error) in zip(shown, _thumbnails(paths, thumbnail_size, workers), strict=True):
+                    if thumb is None:
+                        entry["thumb_error"] = error
+                        summary.placeholders += 1
+                        continue
+                    stream.write(("," if summary.thumbnails else "") + '"' + thumb + '"')
+                    entry["thumb"] = summary.thumbnails
+                    summary.thumbnails += 1
+            stream.write("]")
+            stream.write(middle)
+            data = {
+                "title": page_title,
+                "results": csv_text(str(results)),
+                "thumbnails": thumbnails,
+                "thumbnail_size": thumbnail_size,
+                "records": entries,
+                "counts": {"records": summary.records, "classified": summary.classified, "failed": summary.failed},
+                "classes": summary.classes,
+                "manifest": manifest_data,
+            }
+            stream.write(script_json(data))
+            stream.write(tail)
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     summary.bytes = output.stat().st_size
     return summary
-
-
-def _write_thumbnail(
-    stream: TextIO, entry: dict[str, Any], index: int, results: Path, base_dir: Path | None, size: int,
-    summary: ReportSummary,
-) -> int:  # fmt: skip
-    try:
-        jpeg = make_thumbnail(_resolve(entry["path"], results, base_dir), size)
-    except ImageError as exc:
-        entry["thumb_error"] = str(exc)
-        summary.placeholders += 1
-        return index
-    except (OSError, ValueError) as exc:  # a path the OS cannot even look at (NUL byte, too long)
-        entry["thumb_error"] = f"cannot read: {exc}"
-        summary.placeholders += 1
-        return index
-    # base64 holds no character that could end the <script> element or the JSON string
-    stream.write(("," if index else "") + '"' + base64.b64encode(jpeg).decode("ascii") + '"')
-    entry["thumb"] = index
-    summary.thumbnails += 1
-    return index + 1

@@ -89,7 +89,7 @@ class ScriptCounter(html.parser.HTMLParser):
 @pytest.mark.parametrize("fmt", [OutputFormat.JSON, OutputFormat.JSONL, OutputFormat.CSV])
 def test_reader_reads_every_format(tmp_path: Path, fmt: OutputFormat) -> None:
     preds = [prediction(f"photos/{i}.jpg", i) for i in range(4)]
-    preds.insert(2, Prediction("photos/bad, \"quoted\".jpg", error="truncated image file"))
+    preds.insert(2, Prediction('photos/bad, "quoted".jpg', error="truncated image file"))
     path = write_results(tmp_path / f"results.{fmt.value}", preds, fmt)
     expected = [p.to_dict(top_k=True) for p in preds]
     assert list(read_records(path)) == expected
@@ -143,7 +143,7 @@ def test_hostile_names_are_escaped(tmp_path: Path) -> None:
     evil = folder / "script><img src=x onerror=alert(1)>" / "x'\"&amp;.jpg"
     shutil.copy(PHOTOS[0], evil)
     latin1 = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.jpg")  # not UTF-8: 'caf\udce9.jpg'
-    shutil.copy(PHOTOS[1], os.fsencode(latin1))
+    shutil.copyfile(os.fsencode(PHOTOS[1]), os.fsencode(latin1))
     hostile = Prediction(str(evil), (Candidate(1, "<!--", HOSTILE_CLASS, 0.5),))
     results = tmp_path / "r.jsonl"
     write_results(results, [hostile, prediction(latin1, 1)], OutputFormat.JSONL, top_k=1)
@@ -195,6 +195,17 @@ def test_counts_placeholders_and_thumbnails(tmp_path: Path) -> None:
         image = Image.open(io.BytesIO(base64.b64decode(thumbs[r["thumb"]])))
         assert image.format == "JPEG" and max(image.size) == 96
     assert data["manifest"]["data"] is None and "no manifest" in data["manifest"]["note"]
+
+
+def test_worker_processes_give_the_same_file(tmp_path: Path) -> None:
+    """Thumbnails made in 2 processes come out in input order: the same bytes as in-process."""
+    preds = [prediction(str(PHOTOS[i % len(PHOTOS)]), i) for i in range(70)]
+    preds.insert(33, prediction(str(tmp_path / "gone.jpg"), 1))
+    results = write_results(tmp_path / "r.jsonl", preds, OutputFormat.JSONL)
+    one = write_report(results, tmp_path / "a.html", workers=0, thumbnail_size=32)
+    two = write_report(results, tmp_path / "b.html", workers=2, thumbnail_size=32)
+    assert (one.thumbnails, one.placeholders) == (two.thumbnails, two.placeholders) == (70, 1)
+    assert (tmp_path / "a.html").read_bytes() == (tmp_path / "b.html").read_bytes()
 
 
 def test_thumbnail_applies_exif_orientation(tmp_path: Path) -> None:
@@ -295,7 +306,7 @@ class Chromium:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
             page = next(t for t in json.load(answer) if t["type"] == "page")
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
-        self.next_id, self.events = 0, []
+        self.next_id, self.events = 0, list[dict[str, Any]]()
         for domain in ("Page", "Runtime", "Log"):
             self.send(f"{domain}.enable")
         self.send("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
@@ -335,22 +346,26 @@ class Chromium:
         self.click(selector)
         self.send("Input.insertText", text=text)
 
-    def choose(self, selector: str, value: str) -> None:
-        """Pick a <select> option (native popups do not render headless): set it and fire change, as a pick does."""
+    def set(self, selector: str, value: str, event: str = "input") -> None:
+        """Set a control's value and fire the event a user's edit fires (a slider drag, a cleared box)."""
         self.js(
             f"(() => {{ const s = document.querySelector({json.dumps(selector)}); s.value = {json.dumps(value)};"
-            " s.dispatchEvent(new Event('change', {bubbles: true})); })()"
+            f" s.dispatchEvent(new Event({json.dumps(event)}, {{bubbles: true}})); }})()"
         )
+
+    def choose(self, selector: str, value: str) -> None:
+        """Pick a <select> option (native popups do not render headless): set it and fire change, as a pick does."""
+        self.set(selector, value, "change")
 
     def errors(self) -> list[dict[str, Any]]:
         bad = []
         for e in self.events:
             method, params = e.get("method"), e.get("params", {})
-            if method == "Runtime.exceptionThrown" or method == "Page.javascriptDialogOpening":
-                bad.append(e)
-            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
-                bad.append(e)
-            elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+            if (
+                method in ("Runtime.exceptionThrown", "Page.javascriptDialogOpening")
+                or (method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"))
+                or (method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"))
+            ):
                 bad.append(e)
         return bad
 
@@ -397,7 +412,9 @@ def test_page_in_chromium(tmp_path: Path, browser: Chromium) -> None:
                 record["confident"] = confident[-1]
             stream.write(json.dumps(record) + "\n")
     manifest = tmp_path / "provenance.json"
-    manifest.write_text(json.dumps({"model": {"name": "efficientnet_lite0", "weights_sha256": "0f" * 32}, "device": "cpu"}))
+    manifest.write_text(
+        json.dumps({"model": {"name": "efficientnet_lite0", "weights_sha256": "0f" * 32}, "device": "cpu"})
+    )
     write_report(results, tmp_path / "report.html", manifest=manifest)
     ok = [p for p in preds if p.ok]
     probs = [p.probability or 0.0 for p in ok]
@@ -421,25 +438,36 @@ def test_page_in_chromium(tmp_path: Path, browser: Chromium) -> None:
     browser.choose("#sort", "prob-asc")
     assert browser.js(shown) == [round(p, 4) for p in sorted(probs)[:100]]
     browser.choose("#sort", "path-asc")
-    first = browser.js("Array.from(document.querySelectorAll('#grid .card')).slice(0, 4).map(e => e.title.split('\\n')[0])")
+    first = browser.js(
+        "Array.from(document.querySelectorAll('#grid .card')).slice(0, 4).map(e => e.title.split('\\n')[0])"
+    )
     assert first == [str(evil), str(photos / "deleted.jpg"), str(photos / "img0.jpg"), str(photos / "img1.jpg")]
     assert browser.js("document.querySelectorAll('#grid .path')[2].textContent") == "…/photos/img0.jpg"
     # the class filter (select) and the search box (typed)
-    key = browser.js("Array.from(document.querySelectorAll('#class-filter option')).find(o => o.textContent.startsWith('class_201 (201)')).value")
+    options = "Array.from(document.querySelectorAll('#class-filter option'))"
+    key = browser.js(f"{options}.find(o => o.textContent.startsWith('class_201 (201)')).value")
     browser.choose("#class-filter", key)
     assert cards() == sum(p.class_id == 201 for p in ok)
-    assert set(browser.js("Array.from(document.querySelectorAll('#grid .cls')).map(e => e.textContent)")) == {"class_201"}
+    assert set(browser.js("Array.from(document.querySelectorAll('#grid .cls')).map(e => e.textContent)")) == {
+        "class_201"
+    }
     browser.choose("#class-filter", "")
     browser.type("#search", "class_203")
     assert cards() == sum(p.class_id == 203 for p in ok)
-    browser.js("(() => { const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')); })()")
+    browser.set("#search", "")
     # only unsure (the `confident` field), then the probability slider
     browser.click("#unsure")
-    assert cards() == confident.count(False) and browser.js("document.querySelectorAll('#grid .card.unsure').length") == cards()
+    assert (
+        cards() == confident.count(False)
+        and browser.js("document.querySelectorAll('#grid .card.unsure').length") == cards()
+    )
     browser.click("#unsure")
-    browser.js("(() => { const s = document.getElementById('below'); s.value = '0.5'; s.dispatchEvent(new Event('input')); })()")
-    assert browser.js("document.getElementById('match-count').textContent") == f"({sum(p < 0.5 for p in probs)} of {len(ok)})"
-    browser.js("(() => { const s = document.getElementById('below'); s.value = '1'; s.dispatchEvent(new Event('input')); })()")
+    browser.set("#below", "0.5")
+    assert (
+        browser.js("document.getElementById('match-count').textContent")
+        == f"({sum(p < 0.5 for p in probs)} of {len(ok)})"
+    )
+    browser.set("#below", "1")
     browser.choose("#sort", "prob-desc")
     # hostile names are text; the missing file is a placeholder; failures and provenance are shown
     assert browser.js("document.querySelector('#grid .cls').textContent") == HOSTILE_CLASS
@@ -448,10 +476,14 @@ def test_page_in_chromium(tmp_path: Path, browser: Chromium) -> None:
     browser.type("#search", "deleted")
     assert cards() == 1 and browser.js("document.querySelectorAll('#grid img').length") == 0
     assert browser.js("document.querySelector('#grid .placeholder').textContent") == "no thumbnail: file not found"
-    browser.js("(() => { const s = document.getElementById('search'); s.value = ''; s.dispatchEvent(new Event('input')); })()")
+    browser.set("#search", "")
     assert browser.js("document.querySelectorAll('#failed-body tbody tr').length") == 2
     assert browser.js("document.getElementById('manifest').textContent").count("efficientnet_lite0") == 1
-    assert browser.js("document.querySelectorAll('#bars .bar').length") == len({(p.class_id, p.class_name) for p in ok}) == 6
+    assert (
+        browser.js("document.querySelectorAll('#bars .bar').length")
+        == len({(p.class_id, p.class_name) for p in ok})
+        == 6
+    )
     # the images decoded: every thumbnail on screen has its natural size
     browser.js("window.scrollTo(0, 0)")
     sizes = browser.js(
@@ -461,8 +493,10 @@ def test_page_in_chromium(tmp_path: Path, browser: Chromium) -> None:
     assert sizes == [160] * 12
     # the top-k shows on hover (and in the card's title)
     browser.js("document.getElementById('search').blur(); window.scrollTo(0, 0)")
-    top = browser.js("(() => { const c = document.querySelectorAll('#grid .card')[1];"
-                     " const r = c.getBoundingClientRect(); return [r.x + r.width / 2, r.y + 40, c.title]; })()")
+    top = browser.js(
+        "(() => { const c = document.querySelectorAll('#grid .card')[1];"
+        " const r = c.getBoundingClientRect(); return [r.x + r.width / 2, r.y + 40, c.title]; })()"
+    )
     browser.send("Input.dispatchMouseEvent", type="mouseMoved", x=top[0], y=top[1])
     assert browser.js("getComputedStyle(document.querySelector('#grid .card:nth-child(2) .topk')).display") == "block"
     assert len(top[2].splitlines()) == 4  # the path, then the top 3
