@@ -311,7 +311,7 @@ class ReportSummary:
         missing = f" ({self.placeholders} unreadable: placeholders)" if self.placeholders else ""
         manifest = f"manifest {self.manifest}" if self.manifest else "no manifest"
         return (
-            f"report {self.output}: {self.records} records ({self.classified} classified, {self.failed} failed), "
+            f"wrote {self.output}: {self.records} records ({self.classified} classified, {self.failed} failed), "
             f"{len(self.classes)} classes{made}{missing}, {manifest}, {_size(self.bytes)}"
         )
 
