@@ -249,6 +249,20 @@ def test_cli_errors_and_summary(tmp_path: Path, runner: CliRunner) -> None:
     assert (tmp_path / "r.html").is_file() and not (tmp_path / "r.html.part").exists()
 
 
+def test_report_does_not_import_torch(tmp_path: Path) -> None:
+    import sys
+
+    results = write_results(tmp_path / "r.jsonl", [prediction(str(PHOTOS[0]), 0)], OutputFormat.JSONL)
+    code = (
+        "import sys\nfrom imgclassify.cli import app\n"
+        f"try:\n    app(['report', {str(results)!r}, '-o', {str(tmp_path / 'r.html')!r}, '-q'], standalone_mode=False)\n"
+        "except SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\nprint('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok" and (tmp_path / "r.html").is_file()
+
+
 def test_every_report_option_is_in_the_readme() -> None:
     import typer.main
 
