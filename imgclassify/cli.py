@@ -401,3 +401,83 @@ def serve(
         if not quiet:
             typer.echo(f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict)", err=True)
         run_server(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)
+
+
+@app.command()
+def report(
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="A results file written by `imgclassify predict` (json, jsonl or csv).", show_default=False
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.", dir_okay=False)] = Path(
+        "report.html"
+    ),
+    manifest: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--manifest",
+            help="The run's manifest (provenance JSON). Default: RESULTS.manifest.json beside the results, if present.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    results_format: Annotated[
+        Optional[str],
+        typer.Option(
+            "--format",
+            "-f",
+            help="json, jsonl or csv. Default: from the suffix, else sniffed from the content.",
+            show_default=False,
+        ),
+    ] = None,
+    thumbnails: Annotated[
+        bool,
+        typer.Option(
+            "--thumbnails/--no-thumbnails", help="Embed a JPEG thumbnail per image (--no-thumbnails: a small file)."
+        ),
+    ] = True,
+    thumbnail_size: Annotated[
+        int, typer.Option("--thumbnail-size", min=16, max=1024, help="Longer side of the thumbnails, in pixels.")
+    ] = 160,
+    base_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--base-dir",
+            help="Folder that relative image paths start from. Default: the current folder, then the results file's.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="The page's title.", show_default=False)] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Processes making thumbnails (0: in the main process). Default: one per core, up to 8.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write one self-contained HTML page of a run's results: thumbnails, filters, class counts, failures, provenance."""
+    with reporting_errors():
+        from .report import ResultsFormat, ResultsFormatError, write_report
+
+        fmt = None
+        if results_format is not None:
+            try:
+                fmt = ResultsFormat(results_format.lower())
+            except ValueError:
+                raise ResultsFormatError(f"unknown --format {results_format!r}; use json, jsonl or csv") from None
+        summary = write_report(
+            results, output, manifest=manifest, thumbnails=thumbnails, thumbnail_size=thumbnail_size,
+            results_format=fmt, base_dir=base_dir, title=title, workers=workers,
+        )  # fmt: skip
+    if not quiet:
+        for warning in summary.warnings:
+            typer.echo(f"imgclassify: warning: {warning}", err=True)
+        typer.echo(f"imgclassify: {summary.line()}", err=True)
