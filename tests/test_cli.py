@@ -207,6 +207,7 @@ def test_help_and_models_do_not_import_torch() -> None:
     assert out.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_installed_command_as_subprocess(tmp_path: Path) -> None:
     exe = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or shutil.which("imgclassify")
     assert exe, "the imgclassify command is not installed"

@@ -75,6 +75,7 @@ def test_stage_objects_pickle_and_give_the_same_records(lite0) -> None:  # type:
         assert pickle.loads(pickle.dumps(stage)) == stage
 
 
+@pytest.mark.slow
 def test_frozen_bf16_backend_pickles_without_its_graph() -> None:
     from imgclassify import load_classifier
 
@@ -87,6 +88,7 @@ def test_frozen_bf16_backend_pickles_without_its_graph() -> None:
     assert [p.class_id for p in clone.predict(photos, batch_size=8, workers=0)] == first
 
 
+@pytest.mark.slow
 def test_a_classifier_travels_to_another_process(lite0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import multiprocessing
 
@@ -123,6 +125,7 @@ print(json.dumps({"before": before, "after": after, "allocator_tuned": imgclassi
 """
 
 
+@pytest.mark.slow
 def test_importing_and_using_the_library_changes_nothing_process_wide() -> None:
     """Thread and allocator tuning belong to entry points (the CLI, a server worker), not to the library."""
     out = subprocess.run(

@@ -14,6 +14,8 @@ from imgclassify.errors import DeviceError
 from imgclassify.imaging import DecodeOptions
 from imgclassify.labels import imagenet_labels
 
+pytestmark = pytest.mark.slow  # each runs a model over the 58 photos
+
 PHOTOS = sorted(SAMPLES.glob("*.jpg")) + sorted(LABELLED.glob("*.JPEG"))
 
 

@@ -51,6 +51,7 @@ def wait_for_records(path: Path, proc: subprocess.Popen[str], at_least: int = 8)
     raise AssertionError("no records within 120 s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "code", "fmt"), [(signal.SIGINT, 130, "json"), (signal.SIGTERM, 143, "jsonl"), (signal.SIGINT, 130, "csv")]
 )
@@ -80,6 +81,7 @@ def test_signal_stops_cleanly_with_valid_output(corpus: Path, tmp_path: Path, si
     assert not list(tmp_path.glob(".*.tmp")), "a temporary manifest was left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("how", "fmt"), [("SIGKILL", "jsonl"), ("SIGINT", "jsonl"), ("SIGKILL", "csv")])
 def test_kill_and_resume_gives_exactly_one_record_per_input(corpus: Path, tmp_path: Path, how: str, fmt: str) -> None:
     out = tmp_path / f"out.{fmt}"

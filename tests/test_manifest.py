@@ -33,7 +33,11 @@ def test_manifest_beside_the_output(runner: CliRunner, tmp_path: Path) -> None:
     assert bundled is not None
     assert manifest["imgclassify"] == __version__ and manifest["status"] == "complete"
     assert isinstance(manifest["command"], list)  # this process's argv; checked exactly in test_interrupt_resume
-    assert manifest["model"] == {"name": "efficientnet_lite0", "family": "timm", "architecture": "tf_efficientnet_lite0"}
+    assert manifest["model"] == {
+        "name": "efficientnet_lite0",
+        "family": "timm",
+        "architecture": "tf_efficientnet_lite0",
+    }
     assert manifest["weights"]["source"] == "bundled" and manifest["weights"]["sha256"] == sha256(bundled)
     assert manifest["labels"]["source"] == "bundled ImageNet-1k" and manifest["labels"]["count"] == 1000
     assert manifest["preprocessing"] == {

@@ -269,6 +269,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert '"POST /predict" 200' in log.read_text()  # one log line per request on stderr
 
 
+@pytest.mark.slow
 def test_tutorial_curl_command(live_server: str) -> None:
     curl = shutil.which("curl")
     assert curl, "curl is needed for this test"
@@ -299,6 +300,7 @@ def _post(url: str, name: str) -> tuple[int, dict[str, object]]:
         return r.status, json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_concurrent_load_nothing_lost_or_mixed_up(live_server: str) -> None:
     clients, per_client = 8, 25
     names = list(EXPECTED)
