@@ -326,6 +326,12 @@ def serve(
     no_batching: Annotated[
         bool, typer.Option("--no-batching", help="One request per forward pass (same as --max-batch-size 1).")
     ] = False,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout", min=0.01, help="Seconds a client may stall while sending a request (408 after)."
+        ),
+    ] = 30.0,
     quiet: QuietOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
@@ -352,6 +358,7 @@ def serve(
             allow_truncated=allow_truncated, max_pixels=max_pixels,
             top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
+            read_timeout_s=read_timeout,
         )  # fmt: skip
         if not quiet:
             typer.echo(f"imgclassify: serving {spec.name} on http://{host}:{port} (POST /predict)", err=True)
