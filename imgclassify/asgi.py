@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -275,13 +276,28 @@ def config_to_env(config: ServerConfig) -> dict[str, str]:
 
 def run(config: ServerConfig, *, host: str, port: int, threads: int, workers: int, quiet: bool) -> None:
     """Serve with uvicorn (h11), ``workers`` processes; blocks until SIGINT/SIGTERM (graceful)."""
-    import uvicorn
-
     os.environ.update(config_to_env(config))
     os.environ[THREADS_ENV] = str(threads)
     os.environ[WORKERS_ENV] = str(workers)
     level = logging.WARNING if quiet else logging.INFO
     configure_logging(level)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it
+    # found: a no-op one makes `serve` exit 0 after a graceful stop, as under gunicorn
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _run_uvicorn(host=host, port=port, workers=workers, level=level)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(sig: int, frame: Any) -> None:
+    log.info("stopped by signal %d", sig)
+
+
+def _run_uvicorn(*, host: str, port: int, workers: int, level: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "imgclassify.asgi:app_from_env",
         factory=True,
