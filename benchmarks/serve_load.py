@@ -235,6 +235,12 @@ def main() -> None:
     )
     print("| batching | clients | requests/s | p50 ms | p99 ms | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    if args.url:
+        drive(args.url.rstrip("/"), 2, 2.0)
+        for c in args.concurrency:
+            rps, p50, p99, errors = drive(args.url.rstrip("/"), c, args.seconds)
+            print(f"| {args.label or args.url} | {c} | {rps:.1f} | {p50:.0f} | {p99:.0f} | {errors} |", flush=True)
+        return
     for batching in (False, True):
         proc, base = start_server(args, batching)
         try:
