@@ -379,6 +379,12 @@ def serve(
     no_batching: Annotated[
         bool, typer.Option("--no-batching", help="One request per forward pass (same as --max-batch-size 1).")
     ] = False,
+    read_timeout: Annotated[
+        float,
+        typer.Option(
+            "--read-timeout", min=0.01, help="Seconds a client may stall while sending a request (408 after)."
+        ),
+    ] = 30.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /info, /healthz, /readyz, /metrics."""
@@ -397,6 +403,7 @@ def serve(
         config = ServerConfig(
             options=model_options.replace(model=plan.spec.name), top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
+            read_timeout_s=read_timeout,
         )  # fmt: skip
         if not quiet:
             typer.echo(f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict)", err=True)

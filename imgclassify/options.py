@@ -77,6 +77,25 @@ class ModelOptions:
             decode["fast"] = decode.pop("fast_decode")
         return cls(**values, decode=DecodeOptions(**decode), offline=offline_in_environment(env))
 
+    def to_env(self) -> dict[str, str]:
+        """``IMGCLASSIFY_*`` variables that :meth:`from_env` turns back into these options."""
+        decode = self.decode
+        values: dict[str, Any] = {
+            "model": self.model, "weights": self.weights, "labels": self.labels, "device": self.device,
+            "precision": self.precision.value, "backend": self.backend.value, "fast_decode": decode.fast,
+            "allow_truncated": decode.allow_truncated, "max_pixels": decode.max_pixels,
+        }  # fmt: skip
+        if self.offline:  # else leave the environment's own IMGCLASSIFY_OFFLINE alone
+            values["offline"] = True
+        return {
+            ENV_PREFIX + name.upper(): ""
+            if value is None
+            else ("1" if value else "0")
+            if isinstance(value, bool)
+            else str(value)
+            for name, value in values.items()
+        }
+
 
 def read_env(env: Mapping[str, str], kinds: Mapping[str, type]) -> dict[str, Any]:
     """``IMGCLASSIFY_<NAME>`` variables for ``kinds`` ({name: str/int/float/bool/Path}), set ones only."""

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("imgclassify.server")
 
 ROOT_MESSAGE = {"msg": "Try POSTing to the /predict endpoint with an RGB image attachment"}
-INSTALL_HINT = "the server needs Flask: pipx install 'imgclassify[serve]' (or: pipx inject imgclassify flask gunicorn prometheus-client)"
+INSTALL_HINT = (
+    "the server needs its extra: pipx inject imgclassify flask uvicorn gunicorn prometheus-client "
+    "(or reinstall with it: pipx install --force 'imgclassify[serve]'; with pip: pip install 'imgclassify[serve]')"
+)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ServerConfig:
     max_batch_size: int = 8
     max_batch_delay_ms: float = 5.0
     request_timeout_s: float = 60.0
+    read_timeout_s: float = 30.0  # `imgclassify serve`: a request body that stalls this long is cut off (408)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -344,41 +348,13 @@ def serve(
     workers: int = 1,
     quiet: bool = False,
 ) -> None:
-    """Run ``create_app(config)`` under gunicorn's threaded worker (blocks until stopped)."""
+    """Run ``create_app(config)`` behind uvicorn, bodies read in its event loop (blocks until stopped).
+
+    See :mod:`imgclassify.asgi`: slow clients must not hold request threads.
+    """
     require_flask()
     try:
-        from gunicorn.app.base import BaseApplication
+        from . import asgi
     except ImportError:
         raise UsageError(INSTALL_HINT) from None
-
-    def factory() -> Flask:
-        from .runtime import configure_process
-
-        configure_process()  # in the worker process, once
-        return create_app(config)
-
-    class _Gunicorn(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            options = {
-                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": workers,
-                "threads": threads,
-                "worker_class": "gthread",
-                "timeout": max(120, int(config.request_timeout_s) * 2),
-                "graceful_timeout": 10,
-                "accesslog": None,
-                "errorlog": "-",
-                "loglevel": "warning" if quiet else "info",
-                "proc_name": "imgclassify-serve",
-                "post_worker_init": lambda worker: configure_logging(logging.WARNING if quiet else logging.INFO),
-            }
-            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: no control socket in $HOME
-                options["control_socket_disable"] = True
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Flask:
-            return factory()
-
-    configure_logging(logging.WARNING if quiet else logging.INFO)
-    _Gunicorn().run()
+    asgi.run(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)
