@@ -17,19 +17,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from .backends import Backend
+from .engines import Engine, EngineKind, create_engine
 from .errors import NoImagesError, UsageError
 from .manifest import RunManifest, command_line, describe_model, manifest_path_for, read_manifest, resume_differences
-from .model_plan import plan_model
+from .model_plan import ModelPlan, plan_model
 from .options import ModelOptions
+from .records import Prediction
+from .rendering import check_top_k
 from .resume import recorded_paths, resume_key
 from .sources import expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
-
-if TYPE_CHECKING:
-    from .pipeline import Classifier
 
 log = logging.getLogger("imgclassify")
 
@@ -57,6 +57,9 @@ class PredictOptions:
     command: list[str] | None = None
     #: tune threads for this process before loading the model (the CLI's entry point asks for it)
     tune_process: bool = False
+    #: where the batches run (``--engine``) and that engine's own settings
+    engine: EngineKind = EngineKind.LOCAL
+    engine_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,75 +239,97 @@ def run_predict(
         what = ", ".join(found.missing[:3] + found.empty_globs[:3]) or ", ".join(options.inputs[:3])
         skipped = f" ({found.skipped_non_images} non-image files skipped)" if found.skipped_non_images else ""
         raise NoImagesError(f"no image found in {what}{skipped}: give image files, directories or quoted globs")
-    limit = failure_limit(options.max_failures, len(found.paths))
 
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
     plan = plan_model(options.model, progress=show_progress)
-    manifest_path = options.manifest or (manifest_path_for(options.output) if options.output else None)
-    run_section = _run_section(options, fmt)
-    old_manifest = None
+    run = _Run(options, fmt, plan, found.paths, found.skipped_non_images, start, show_progress)
     if options.resume:
-        assert options.output is not None and manifest_path is not None
-        old_manifest = read_manifest(manifest_path)
-        expected = {**describe_model(plan, plan.expected_label_set()), "run": run_section}
-        _check_resume(old_manifest, expected, options.output, manifest_path)
-
-    if options.tune_process:
-        from .runtime import configure_threads
-
-        configure_threads()
-    from .pipeline import build_classifier
-
-    classifier = build_classifier(plan)
-    classifier.check_top_k(options.top_k)
-    model_section = describe_model(plan, classifier.label_set, device=str(classifier.device))
-    if options.resume and old_manifest is not None:
-        assert options.output is not None and manifest_path is not None
-        _check_resume(old_manifest, {**model_section, "run": run_section}, options.output, manifest_path)
-
-    summary = RunSummary(
-        skipped_non_images=found.skipped_non_images, model=classifier.name, inputs=len(found.paths),
-        manifest=manifest_path,
-    )  # fmt: skip
-    paths, header = found.paths, True
-    if options.resume:
-        assert options.output is not None
-        done, has_header = recorded_paths(options.output, fmt)
-        paths = [p for p in found.paths if resume_key(p, fmt) not in done]
-        summary.already_done = len(found.paths) - len(paths)
-        header = not has_header
-
-    manifest = None
-    if manifest_path is not None:
-        from .loading import default_workers
-
-        workers = options.workers
-        if workers is None:
-            workers = default_workers(len(paths), options.batch_size, classifier.device.type, classifier.backend_kind)
-        engine = {"name": "local", "decode_workers": workers}
-        manifest = RunManifest.new(
-            manifest_path, command=options.command or command_line(), engine=engine, run=run_section
-        )
-        if old_manifest is not None:
-            manifest.data["resumed"] = {
-                "previous_started_at": old_manifest.get("started_at"),
-                "already_done": summary.already_done,
-            }
-        manifest.start(model_section, openvino=classifier.backend_kind is Backend.OPENVINO)
-    status = "failed"
+        run.check_resume(describe_model(plan, plan.expected_label_set()))  # before paying for the model
+    engine = create_engine(options.engine, plan, tune_process=options.tune_process, **options.engine_settings)
+    engine.start()
     try:
-        _classify_into(classifier, paths, options, fmt, header, limit, summary, stdout, stderr, show_progress)
-        status = summary.status
+        return run.execute(engine, stdout, stderr)
     finally:
-        summary.elapsed = time.perf_counter() - start
-        if manifest is not None:
-            manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3))
-    return summary
+        engine.close()
 
 
-def _classify_into(
-    classifier: Classifier,
-    paths: list[str],
+class _Run:
+    """One run's state between planning and the summary."""
+
+    def __init__(
+        self,
+        options: PredictOptions,
+        fmt: OutputFormat,
+        plan: ModelPlan,
+        paths: list[str],
+        skipped: int,
+        start: float,
+        show_progress: bool,
+    ) -> None:
+        self.options, self.fmt, self.plan, self.paths = options, fmt, plan, paths
+        self.skipped, self.start, self.show_progress = skipped, start, show_progress
+        self.limit = failure_limit(options.max_failures, len(paths))
+        self.run_section = _run_section(options, fmt)
+        output = options.output
+        self.manifest_path = options.manifest or (manifest_path_for(output) if output else None)
+        self.old_manifest: dict[str, Any] | None = None
+        if options.resume:
+            assert self.manifest_path is not None
+            self.old_manifest = read_manifest(self.manifest_path)
+
+    def check_resume(self, model_section: dict[str, Any]) -> None:
+        assert self.options.output is not None and self.manifest_path is not None
+        _check_resume(
+            self.old_manifest, {**model_section, "run": self.run_section}, self.options.output, self.manifest_path
+        )
+
+    def execute(self, engine: Engine, stdout: TextIO, stderr: TextIO) -> RunSummary:
+        options, fmt = self.options, self.fmt
+        check_top_k(options.top_k, len(engine.label_set.labels))
+        model_section = describe_model(self.plan, engine.label_set, device=engine.device)
+        if options.resume and self.old_manifest is not None:
+            self.check_resume(model_section)  # now with the labels of the loaded model too
+        summary = RunSummary(
+            skipped_non_images=self.skipped, model=self.plan.spec.name, inputs=len(self.paths),
+            manifest=self.manifest_path,
+        )  # fmt: skip
+        paths, header = self.paths, True
+        if options.resume:
+            assert options.output is not None
+            done, has_header = recorded_paths(options.output, fmt)
+            paths = [p for p in self.paths if resume_key(p, fmt) not in done]
+            summary.already_done = len(self.paths) - len(paths)
+            header = not has_header
+
+        manifest = None
+        if self.manifest_path is not None:
+            command = options.command or command_line()
+            manifest = RunManifest.new(
+                self.manifest_path, command=command, engine=engine.describe(), run=self.run_section
+            )
+            if self.old_manifest is not None:
+                manifest.data["resumed"] = {
+                    "previous_started_at": self.old_manifest.get("started_at"),
+                    "already_done": summary.already_done,
+                }
+            manifest.start(model_section, openvino=self.plan.options.backend is Backend.OPENVINO)
+        status = "failed"
+        try:
+            batches = engine.batches(paths, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers)
+            _write_batches(
+                batches, len(paths), options, fmt, header, self.limit, summary, stdout, stderr, self.show_progress
+            )
+            status = summary.status
+        finally:
+            summary.elapsed = time.perf_counter() - self.start
+            if manifest is not None:
+                manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3), engine=engine.describe())
+        return summary
+
+
+def _write_batches(
+    batches: Iterator[list[Prediction]],
+    total: int,
     options: PredictOptions,
     fmt: OutputFormat,
     header: bool,
@@ -314,7 +339,7 @@ def _classify_into(
     stderr: TextIO,
     show_progress: bool,
 ) -> None:
-    """Stream ``paths`` through ``classifier`` into the writer; stops cleanly on SIGINT/SIGTERM."""
+    """Write the engine's batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
     from tqdm import tqdm
 
     previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
@@ -327,13 +352,11 @@ def _classify_into(
     try:
         with (
             _open_output(options.output, stdout, append=options.resume) as stream,
-            tqdm(total=len(paths), unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
+            tqdm(total=total, unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
         ):
-            writer = make_writer(fmt, stream, top_k=options.top_k, model_name=classifier.name, header=header)
+            writer = make_writer(fmt, stream, top_k=options.top_k, model_name=summary.model, header=header)
             try:
-                for batch in classifier.predict_batches(
-                    paths, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers
-                ):
+                for batch in batches:
                     writer.write(batch)
                     for record in batch:
                         if record.error is None:
@@ -356,6 +379,9 @@ def _classify_into(
                 summary.signal = exc.signum
             finally:
                 writer.close()
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()  # a generator: stop the engine's producers now
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
