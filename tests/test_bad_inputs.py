@@ -148,14 +148,14 @@ def test_permission_denied(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     shutil.copy(SAMPLES / "labrador.jpg", path)
     path.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
-        real_open = Image.open
+        real_open = os.open
 
-        def denied(fp, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if str(fp) == str(path):
+        def denied(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if os.fspath(file) == str(path):
                 raise PermissionError(13, "Permission denied", str(path))
-            return real_open(fp, *args, **kwargs)
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(Image, "open", denied)
+        monkeypatch.setattr(os, "open", denied)
     assert lite0.predict_file(path).error == "permission denied"
 
 
