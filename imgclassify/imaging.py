@@ -44,6 +44,13 @@ TILE_PIXELS = 1 << 20
 #: exact Resize -> CenterCrop path; beyond it only the cropped part is resized (see ``preprocess``).
 EXACT_ASPECT = 16
 
+#: One image's peak memory is at most BYTES_PER_PIXEL x max_pixels (+ the tiles and the crop,
+#: under 64 MB): the decoded image (at most 4 bytes per pixel in Pillow) + its RGB copy (4).
+BYTES_PER_PIXEL = 8
+#: Formats whose decoders hold more than one copy (measured, bytes per pixel, with the RGB copy):
+#: libwebp decodes into its own canvas, libheif into YUV planes, before Pillow copies the
+#: pixels. Their pixel limit is scaled down so that the bound above holds for them too.
+DECODE_COST = {"WEBP": 16, "HEIF": 12, "AVIF": 12}
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 #: ISO-BMFF major brands of HEIF/HEIC files (pillow-heif's list); AVIF is Pillow's own
@@ -59,12 +66,12 @@ def _levels(image: Image.Image) -> tuple[float, float] | None:
     if image.mode not in _HIGH_DEPTH_MODES:
         return None
     low, high = (float(v) for v in image.getextrema())  # type: ignore[arg-type]
-    if image.mode.startswith("I;16") or (image.mode == "I" and high > 255):
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535 and low >= 0):
         return 0.0, 65535.0
-    if image.mode == "I":
+    if image.mode == "I" and low >= 0 and high <= 255:
         return 0.0, 255.0
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ImageError("float image with NaN or infinite pixels; save it as 8 or 16 bits")
+    if not (math.isfinite(low) and math.isfinite(high)):  # 32-bit and float: stretched low..high
+        raise ImageError("float image with infinite pixels: save it with finite values, or as 8 or 16 bits")
     return low, high
 
 
@@ -250,12 +257,23 @@ def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     return math.ceil(size[0] * ratio), math.ceil(size[1] * ratio)
 
 
-def _check_pixels(size: tuple[int, int], options: DecodeOptions, what: str) -> None:
+def pixel_limit(image_format: str | None, options: DecodeOptions) -> int:
+    """The most pixels an image of this format may have: ``max_pixels``, scaled down for the
+    formats whose decoders cost more than BYTES_PER_PIXEL (see DECODE_COST)."""
+    cost = DECODE_COST.get(image_format or "", BYTES_PER_PIXEL)
+    return options.max_pixels * BYTES_PER_PIXEL // max(cost, BYTES_PER_PIXEL)
+
+
+def _check_pixels(image: ImageFile.ImageFile, size: tuple[int, int], options: DecodeOptions, when: str = "") -> None:
     width, height = size
-    if width * height > options.max_pixels:
-        raise ImageError(
-            f"image too large: {width}x{height} pixels {what}is more than --max-pixels {options.max_pixels}"
-        )
+    limit = pixel_limit(image.format, options)
+    if width * height <= limit:
+        return
+    message = f"image too large: {width}x{height} pixels {when}is more than --max-pixels {options.max_pixels}"
+    if limit < options.max_pixels:
+        cost = DECODE_COST[image.format or ""]
+        message += f" allows for {image.format} ({limit}: its decoder takes {cost} bytes per pixel)"
+    raise ImageError(message)
 
 
 def _decode(image: ImageFile.ImageFile, options: DecodeOptions, short_side: int) -> Image.Image:
@@ -263,11 +281,11 @@ def _decode(image: ImageFile.ImageFile, options: DecodeOptions, short_side: int)
     big_jpeg = image.format == "JPEG" and min(image.size) >= 2 * short_side
     if big_jpeg and (options.fast or width * height > options.max_pixels):
         image.draft(image.mode, _draft_size(image.size, short_side))
-    if image.width * image.height > options.max_pixels:
-        _check_pixels((width, height), options, "")
+    if image.width * image.height > pixel_limit(image.format, options):
+        _check_pixels(image, (width, height), options)
     with _truncated_images_allowed(options.allow_truncated):
         image.load()  # the first frame or page only
-    _check_pixels(image.size, options, "once decoded (more than its header said) ")
+    _check_pixels(image, image.size, options, "once decoded (more than its header said) ")
     ImageOps.exif_transpose(image, in_place=True)  # in place: never two rotated copies
     return to_rgb(image)
 

@@ -1,10 +1,11 @@
 """Peak memory of decoding and preprocessing one image, measured in a fresh process.
 
-    python scripts/peak_rss.py FILE [--model efficientnet_lite0] [--max-pixels N] [--limit-mb MB]
+    python scripts/peak_rss.py FILE... [--model efficientnet_lite0] [--max-pixels N] [--limit-mb MB]
 
 Prints one JSON line: ``baseline_mb`` (peak RSS after importing torch and imgclassify, before
-the image), ``peak_mb`` (peak RSS after), ``image_mb`` (the difference: what this image cost),
-and ``result`` (the tensor's shape or the error). ``--limit-mb`` also caps the address space
+any image), ``peak_mb`` (peak RSS after the files, one after the other), ``image_mb`` (the
+difference: what the costliest image cost), and ``results`` (per file, the tensor's shape or
+the error). ``--limit-mb`` also caps the address space
 (RLIMIT_AS) at the baseline's virtual size plus that many MB, so a regression fails fast with
 a MemoryError instead of taking the machine down. The tests run this script.
 """
@@ -27,7 +28,7 @@ def _vm_size_mb() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file")
+    parser.add_argument("files", nargs="+")
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--max-pixels", type=int, default=None)
     parser.add_argument("--limit-mb", type=int, default=None)
@@ -46,15 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit_mb is not None:
         limit = int((_vm_size_mb() + args.limit_mb) * 1024 * 1024)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    try:
-        result = str(tuple(load_tensor(args.file, config, options).shape))
-    except ImageError as exc:
-        result = f"error: {exc}"
-    except MemoryError:
-        result = "MemoryError"
+    results = []
+    for file in args.files:
+        try:
+            results.append(str(tuple(load_tensor(file, config, options).shape)))
+        except ImageError as exc:
+            results.append(f"error: {exc}")
+        except MemoryError:
+            results.append("MemoryError")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     record = {"baseline_mb": round(baseline, 1), "peak_mb": round(peak, 1), "image_mb": round(peak - baseline, 1)}
-    print(json.dumps({**record, "result": result}))
+    print(json.dumps({**record, "results": results}))
     return 0
 
 
