@@ -277,6 +277,8 @@ def _check_pixels(image: ImageFile.ImageFile, size: tuple[int, int], options: De
 
 
 def _decode(image: ImageFile.ImageFile, options: DecodeOptions, short_side: int) -> Image.Image:
+    if image.format == "EPS":  # Pillow renders PostScript by running Ghostscript on it
+        raise ImageError("EPS/PostScript is not decoded (it would run Ghostscript): convert it to PNG first")
     width, height = image.size
     big_jpeg = image.format == "JPEG" and min(image.size) >= 2 * short_side
     if big_jpeg and (options.fast or width * height > options.max_pixels):

@@ -29,11 +29,13 @@ def labrador() -> Image.Image:
         return image.convert("RGB")
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
 def png_header_bomb(path: Path, width: int, height: int) -> None:
     """A tiny PNG that claims to be width x height (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    chunk = png_chunk
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
@@ -160,6 +162,14 @@ def make_matrix(folder: Path) -> dict[str, tuple[Path, str | int | None]]:
     gif_frame_beyond_screen(add("gif_frame_beyond_screen.gif", "image too large"), 20000, 20000)
     ico_lying_about_size(add("ico_lying_about_size.ico", None), strip_of(lab, (1, 30_000)))
     lab.save(add("huge_icc.jpg", LAB), quality=95, icc_profile=os.urandom(2_000_000))
+    add("postscript.jpg", "EPS/PostScript is not decoded").write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\nshowpage\n"
+    )
+    text_bomb = png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * 50_000_000, 9))  # 50 MB of text in 50 KB
+    one_pixel = (folder / "one_pixel.png").read_bytes()
+    add("ztxt_bomb.png", "Decompressed data too large").write_bytes(
+        one_pixel[:33] + text_bomb + one_pixel[33:]
+    )  # after IHDR
     big_exif = Image.Exif()
     big_exif[0x010E] = "x" * 60_000  # ImageDescription: an EXIF block near its 64 KB limit
     big_exif[0x0112] = 1
