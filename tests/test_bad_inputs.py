@@ -552,3 +552,25 @@ def test_a_big_jpeg_over_pillows_own_limit_still_decodes_at_reduced_scale(tmp_pa
     path = tmp_path / "big.jpg"
     Image.new("RGB", (20_000, 10_000), (10, 200, 30)).save(path, quality=50)  # 200 Mpx, 300 KB
     assert open_image(path).size == (2_500, 1_250)
+
+
+def test_allow_truncated_across_threads_restores_pillows_global(matrix) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import ImageFile
+
+    from imgclassify.imaging import open_image
+
+    truncated = matrix["truncated.jpg"][0]
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda _: open_image(truncated, DecodeOptions(allow_truncated=True)).size, range(32)))
+    assert sizes == [labrador().size] * 32
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_phone_formats_are_walked(tmp_path: Path) -> None:
+    from imgclassify.sources import expand_inputs
+
+    for name in ("a.heic", "b.HEIF", "c.avif", "d.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(os.path.basename(p) for p in expand_inputs([str(tmp_path)]).paths) == ["a.heic", "b.HEIF", "c.avif"]
