@@ -403,13 +403,24 @@ def test_extreme_aspect_crop_path_is_the_center_crop_of_the_resize() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "kind", ["rgba.png", "rgb_exif6.png", "float.tif", "gray16.tif", "cmyk.jpg", "rgb.webp", "palette.gif"]
+    "kind",
+    [
+        "rgba.png",
+        "rgb_exif6.png",
+        "float.tif",
+        "gray16.tif",
+        "cmyk.jpg",
+        "rgb.webp",
+        "palette.gif",
+        "rgb.avif",
+        "rgb.heic",
+    ],
 )
 def test_peak_memory_within_the_documented_bound(tmp_path: Path, kind: str) -> None:
     """peak <= BYTES_PER_PIXEL x --max-pixels + 64 MB, measured on 20-megapixel images."""
     import numpy as np
 
-    from imgclassify.imaging import BYTES_PER_PIXEL
+    from imgclassify.imaging import BYTES_PER_PIXEL, DECODE_COST
 
     width, height = 4000, 5000
     base = (np.add.outer(np.arange(height) // 7, np.arange(width) // 5) % 256).astype(np.uint8)
@@ -425,9 +436,15 @@ def test_peak_memory_within_the_documented_bound(tmp_path: Path, kind: str) -> N
         "cmyk.jpg": (rgb.convert("CMYK"), {"quality": 90}),
         "rgb.webp": (rgb, {"quality": 50, "method": 0}),
         "palette.gif": (rgb.convert("P"), {}),
+        "rgb.avif": (rgb, {"quality": 50, "speed": 10}),
+        "rgb.heic": (rgb, {"quality": 50}),
     }[kind]
-    image.save(path, **save)  # type: ignore[arg-type]
-    max_pixels = width * height * (2 if kind.endswith(".webp") else 1)  # WebP's limit is half (DECODE_COST)
+    if kind.endswith(".heic"):
+        pytest.importorskip("pillow_heif").from_pillow(image).save(path, **save)  # type: ignore[arg-type]
+    else:
+        image.save(path, **save)  # type: ignore[arg-type]
+    cost = DECODE_COST.get({"webp": "WEBP", "avif": "AVIF", "heic": "HEIF"}.get(kind[-4:], ""), BYTES_PER_PIXEL)
+    max_pixels = width * height * cost // BYTES_PER_PIXEL  # their limit is max_pixels x 8 / cost
     record = peak_rss([path], max_pixels=max_pixels, limit_mb=BYTES_PER_PIXEL * max_pixels // MIB + 256)
     assert record["results"] == ["(3, 224, 224)"], record
     assert float(record["image_mb"]) * MIB <= BYTES_PER_PIXEL * max_pixels + 64 * MIB, record  # type: ignore[arg-type]
