@@ -48,9 +48,10 @@ EXACT_ASPECT = 16
 #: under 64 MB): the decoded image (at most 4 bytes per pixel in Pillow) + its RGB copy (4).
 BYTES_PER_PIXEL = 8
 #: Formats whose decoders hold more than one copy (measured, bytes per pixel, with the RGB copy):
-#: libwebp decodes into its own canvas, libheif into YUV planes, before Pillow copies the
-#: pixels. Their pixel limit is scaled down so that the bound above holds for them too.
-DECODE_COST = {"WEBP": 16, "HEIF": 12, "AVIF": 12}
+#: libwebp decodes into its own canvas, libheif into YUV planes, OpenJPEG into 32-bit planes,
+#: before Pillow copies the pixels. Their pixel limit is scaled down so that the bound above
+#: holds for them too.
+DECODE_COST = {"WEBP": 16, "HEIF": 12, "AVIF": 12, "JPEG2000": 20}
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 #: ISO-BMFF major brands of HEIF/HEIC files (pillow-heif's list); AVIF is Pillow's own
@@ -280,7 +281,7 @@ def _decode(image: ImageFile.ImageFile, options: DecodeOptions, short_side: int)
     if image.format == "EPS":  # Pillow renders PostScript by running Ghostscript on it
         raise ImageError("EPS/PostScript is not decoded (it would run Ghostscript): convert it to PNG first")
     width, height = image.size
-    big_jpeg = image.format == "JPEG" and min(image.size) >= 2 * short_side
+    big_jpeg = image.format in ("JPEG", "MPO") and min(image.size) >= 2 * short_side
     if big_jpeg and (options.fast or width * height > options.max_pixels):
         image.draft(image.mode, _draft_size(image.size, short_side))
     if image.width * image.height > pixel_limit(image.format, options):

@@ -414,6 +414,7 @@ def test_extreme_aspect_crop_path_is_the_center_crop_of_the_resize() -> None:
         "palette.gif",
         "rgb.avif",
         "rgb.heic",
+        "rgb.jp2",
     ],
 )
 def test_peak_memory_within_the_documented_bound(tmp_path: Path, kind: str) -> None:
@@ -438,12 +439,15 @@ def test_peak_memory_within_the_documented_bound(tmp_path: Path, kind: str) -> N
         "palette.gif": (rgb.convert("P"), {}),
         "rgb.avif": (rgb, {"quality": 50, "speed": 10}),
         "rgb.heic": (rgb, {"quality": 50}),
+        "rgb.jp2": (rgb, {"quality_mode": "rates", "quality_layers": [20]}),
     }[kind]
     if kind.endswith(".heic"):
         pytest.importorskip("pillow_heif").from_pillow(image).save(path, **save)  # type: ignore[arg-type]
     else:
         image.save(path, **save)  # type: ignore[arg-type]
-    cost = DECODE_COST.get({"webp": "WEBP", "avif": "AVIF", "heic": "HEIF"}.get(kind[-4:], ""), BYTES_PER_PIXEL)
+    cost = DECODE_COST.get(
+        {"webp": "WEBP", "avif": "AVIF", "heic": "HEIF", ".jp2": "JPEG2000"}.get(kind[-4:], ""), BYTES_PER_PIXEL
+    )
     max_pixels = width * height * cost // BYTES_PER_PIXEL  # their limit is max_pixels x 8 / cost
     record = peak_rss([path], max_pixels=max_pixels, limit_mb=BYTES_PER_PIXEL * max_pixels // MIB + 256)
     assert record["results"] == ["(3, 224, 224)"], record
