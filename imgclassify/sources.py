@@ -22,6 +22,7 @@ IMAGE_SUFFIXES = frozenset(
     {
         ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp",
         ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k",
+        ".heic", ".heif", ".avif",
     }
 )  # fmt: skip
 

@@ -4,6 +4,7 @@ files' results. Also through the server."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,15 +29,59 @@ def labrador() -> Image.Image:
         return image.convert("RGB")
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
 def png_header_bomb(path: Path, width: int, height: int) -> None:
     """A tiny PNG that claims to be width x height (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    chunk = png_chunk
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def tiff_header_bomb(path: Path, width: int, height: int) -> None:
+    """A tiny TIFF whose first IFD claims width x height."""
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    assert data[:4] == b"II*\0"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        tag, kind = struct.unpack_from("<HH", data, entry)
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            value = width if tag == 256 else height
+            struct.pack_into(
+                "<HHII" if kind == 4 else "<HHIHH", data, entry, tag, kind, 1, value, *([] if kind == 4 else [0])
+            )
+    path.write_bytes(bytes(data))
+
+
+def gif_frame_beyond_screen(path: Path, width: int, height: int) -> None:
+    """A GIF whose logical screen is 1x1 and whose first frame claims width x height."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
+    descriptor = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0)
+    path.write_bytes(screen + descriptor + b"\x02\x02\x4c\x01\x00" + b";")
+
+
+def ico_lying_about_size(path: Path, inner: Image.Image) -> None:
+    """An ICO whose directory says 16x16 while the PNG inside is ``inner``'s size."""
+    buffer = io.BytesIO()
+    inner.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    header = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22)
+    path.write_bytes(header + png)
+
+
+def strip_of(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A 1-pixel-thin image of ``size``: the photo's middle row or column, stretched."""
+    width, height = image.size
+    if size[1] == 1:
+        return image.crop((0, height // 2, width, height // 2 + 1)).resize(size)
+    return image.crop((width // 2, 0, width // 2 + 1, height)).resize(size)
 
 
 def make_matrix(folder: Path) -> dict[str, tuple[Path, str | int | None]]:
@@ -83,6 +128,52 @@ def make_matrix(folder: Path) -> dict[str, tuple[Path, str | int | None]]:
     Image.new("RGB", (1, 1), (120, 90, 60)).save(add("one_pixel.png", None))
     png_header_bomb(add("bomb.png", "image too large"), 20000, 20000)
     os.symlink(folder / "does-not-exist.jpg", add("broken_link.jpg", "file not found"))
+    # extreme aspect ratios, every format: the resize to 256 would be 25,600,000 x 256 pixels
+    for ext, long in (
+        ("png", 100_000),
+        ("jpg", 60_000),
+        ("gif", 60_000),
+        ("tif", 60_000),
+        ("webp", 16_383),
+        ("bmp", 60_000),
+    ):
+        strip_of(lab, (long, 1)).save(add(f"wide_{long}x1.{ext}", None))
+        strip_of(lab, (1, long)).save(add(f"tall_1x{long}.{ext}", None))
+    many = [lab.resize((64, 64)).convert("P")] + [Image.new("P", (64, 64), i % 256) for i in range(1, 300)]
+    many[0].save(add("many_frames.gif", None), save_all=True, append_images=many[1:], duration=10)
+    np = __import__("numpy")
+    gray = np.asarray(lab.convert("L"), dtype=np.float32) / 255.0
+    Image.fromarray(gray * 40.0 - 7.0).save(add("float.tif", LAB))
+    gray[10, 10] = float("nan")  # Pillow's extrema skip NaN; the pixel becomes 0
+    Image.fromarray(gray).save(add("float_nan.tif", LAB))
+    gray[10, 10] = float("inf")
+    Image.fromarray(gray).save(add("float_inf.tif", "infinite pixels"))
+    Image.fromarray(np.asarray(lab.convert("L")).astype(np.int32) * 65536).save(add("int32.tif", LAB))
+    lab.save(add("photo.avif", LAB), quality=90)
+    try:
+        import pillow_heif
+
+        pillow_heif.from_pillow(lab).save(add("photo.heic", LAB), quality=90)
+    except ImportError:
+        pass
+    os.mkfifo(add("fifo.jpg", "not a regular file"))
+    os.symlink("/dev/zero", add("dev_zero.jpg", "not a regular file"))
+    tiff_header_bomb(add("bomb.tif", "image too large: 20000x20000"), 20000, 20000)
+    gif_frame_beyond_screen(add("gif_frame_beyond_screen.gif", "image too large"), 20000, 20000)
+    ico_lying_about_size(add("ico_lying_about_size.ico", None), strip_of(lab, (1, 30_000)))
+    lab.save(add("huge_icc.jpg", LAB), quality=95, icc_profile=os.urandom(2_000_000))
+    add("postscript.jpg", "EPS/PostScript is not decoded").write_bytes(
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\nshowpage\n"
+    )
+    text_bomb = png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * 50_000_000, 9))  # 50 MB of text in 50 KB
+    one_pixel = (folder / "one_pixel.png").read_bytes()
+    add("ztxt_bomb.png", "Decompressed data too large").write_bytes(
+        one_pixel[:33] + text_bomb + one_pixel[33:]
+    )  # after IHDR
+    big_exif = Image.Exif()
+    big_exif[0x010E] = "x" * 60_000  # ImageDescription: an EXIF block near its 64 KB limit
+    big_exif[0x0112] = 1
+    lab.save(add("huge_exif.jpg", LAB), quality=95, exif=big_exif)
     shutil.copy(SAMPLES / "labrador.jpg", add("unicode кошка 猫.jpg", LAB))
     shutil.copy(SAMPLES / "labrador.jpg", add('comma, "quote"\nnewline.jpg', LAB))
     return cases
@@ -148,14 +239,14 @@ def test_permission_denied(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     shutil.copy(SAMPLES / "labrador.jpg", path)
     path.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
-        real_open = Image.open
+        real_open = os.open
 
-        def denied(fp, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if str(fp) == str(path):
+        def denied(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if os.fspath(file) == str(path):
                 raise PermissionError(13, "Permission denied", str(path))
-            return real_open(fp, *args, **kwargs)
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(Image, "open", denied)
+        monkeypatch.setattr(os, "open", denied)
     assert lite0.predict_file(path).error == "permission denied"
 
 
@@ -218,8 +309,8 @@ def test_matrix_through_the_server(lite0, matrix) -> None:  # type: ignore[no-un
 
     client = create_app(ServerConfig(), classifier=lite0, warm_up_async=False).test_client()
     for name, (path, expected) in matrix.items():
-        if not path.exists() or path.is_symlink():
-            continue  # links and names are about the file system, not uploads
+        if not path.is_file() or path.is_symlink():
+            continue  # links, FIFOs and names are about the file system, not uploads
         response = client.post(
             "/predict", data={"file": (io.BytesIO(path.read_bytes()), "upload")}, content_type="multipart/form-data"
         )
@@ -264,3 +355,243 @@ def test_cli_bad_matrix_exit_code_and_summary(runner, matrix, tmp_path: Path) ->
     assert len(records) == len(matrix)
     failed = sum(isinstance(expected, str) for _, expected in matrix.values())
     assert f"{len(matrix) - failed} classified, {failed} failed" in result.stderr
+
+
+# -- memory: one image's peak is bounded by BYTES_PER_PIXEL x --max-pixels, whatever its shape --
+
+PEAK_RSS = Path(__file__).resolve().parent.parent / "scripts" / "peak_rss.py"
+MIB = 1024 * 1024
+
+
+def peak_rss(files: list[Path], *, max_pixels: int | None = None, limit_mb: int = 4000) -> dict[str, object]:
+    """Decode and preprocess ``files`` in a fresh process capped by RLIMIT_AS; its peak RSS."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(PEAK_RSS), *map(str, files), "--limit-mb", str(limit_mb)]
+    if max_pixels is not None:
+        command += ["--max-pixels", str(max_pixels)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PEAK_RSS.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=True)
+    record: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return record
+
+
+def test_one_pixel_thin_images_take_megabytes_not_gigabytes(tmp_path: Path) -> None:
+    """The reported bug: a 1 x 100,000 PNG grew the process past 23 GB (resize to 25,600,000 x 256)."""
+    files = []
+    for size in ((100_000, 1), (1, 100_000), (16_383, 1)):
+        files.append(tmp_path / f"{size[0]}x{size[1]}.{'webp' if 16_383 in size else 'png'}")
+        Image.new("RGB", size, (120, 90, 60)).save(files[-1])
+    record = peak_rss(files, limit_mb=1000)  # before the fix: a MemoryError under this cap
+    assert record["results"] == ["(3, 224, 224)"] * 3, record
+    assert float(record["image_mb"]) < 64, record  # type: ignore[arg-type]
+
+
+def test_extreme_aspect_crop_path_is_the_center_crop_of_the_resize() -> None:
+    from imgclassify.imaging import preprocess
+    from imgclassify.registry import get_spec
+
+    config = get_spec("densenet121").preprocess
+    rng = __import__("numpy").random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (20, 6000, 3), dtype="uint8"))  # resized: 76800 x 256
+    from torchvision.transforms import functional as F
+
+    reference = F.pil_to_tensor(F.center_crop(F.resize(image, 256), [224, 224])).int()
+    assert (preprocess(image, config).int() - reference).abs().max() <= 3  # same filter; pass order may differ
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "rgba.png",
+        "rgb_exif6.png",
+        "float.tif",
+        "gray16.tif",
+        "cmyk.jpg",
+        "rgb.webp",
+        "palette.gif",
+        "rgb.avif",
+        "rgb.heic",
+        "rgb.jp2",
+    ],
+)
+def test_peak_memory_within_the_documented_bound(tmp_path: Path, kind: str) -> None:
+    """peak <= BYTES_PER_PIXEL x --max-pixels + 64 MB, measured on 20-megapixel images."""
+    import numpy as np
+
+    from imgclassify.imaging import BYTES_PER_PIXEL, DECODE_COST
+
+    width, height = 4000, 5000
+    base = (np.add.outer(np.arange(height) // 7, np.arange(width) // 5) % 256).astype(np.uint8)
+    rgb = Image.fromarray(np.stack([base, base[::-1], base[:, ::-1]], 2))
+    path = tmp_path / kind
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image, save = {
+        "rgba.png": (rgb.convert("RGBA"), {"compress_level": 1}),
+        "rgb_exif6.png": (rgb, {"compress_level": 1, "exif": exif}),
+        "float.tif": (Image.fromarray(base.astype(np.float32) / 255), {}),
+        "gray16.tif": (Image.fromarray(base.astype(np.uint16) * 257), {}),
+        "cmyk.jpg": (rgb.convert("CMYK"), {"quality": 90}),
+        "rgb.webp": (rgb, {"quality": 50, "method": 0}),
+        "palette.gif": (rgb.convert("P"), {}),
+        "rgb.avif": (rgb, {"quality": 50, "speed": 10}),
+        "rgb.heic": (rgb, {"quality": 50}),
+        "rgb.jp2": (rgb, {"quality_mode": "rates", "quality_layers": [20]}),
+    }[kind]
+    if kind.endswith(".heic"):
+        pytest.importorskip("pillow_heif").from_pillow(image).save(path, **save)  # type: ignore[arg-type]
+    else:
+        image.save(path, **save)  # type: ignore[arg-type]
+    cost = DECODE_COST.get(
+        {"webp": "WEBP", "avif": "AVIF", "heic": "HEIF", ".jp2": "JPEG2000"}.get(kind[-4:], ""), BYTES_PER_PIXEL
+    )
+    max_pixels = width * height * cost // BYTES_PER_PIXEL  # their limit is max_pixels x 8 / cost
+    record = peak_rss([path], max_pixels=max_pixels, limit_mb=BYTES_PER_PIXEL * max_pixels // MIB + 256)
+    assert record["results"] == ["(3, 224, 224)"], record
+    assert float(record["image_mb"]) * MIB <= BYTES_PER_PIXEL * max_pixels + 64 * MIB, record  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_worst_case_at_the_default_max_pixels(tmp_path: Path) -> None:
+    """An RGBA PNG of 178,944,129 pixels (just under the default --max-pixels): about 1.4 GB."""
+    import numpy as np
+
+    from imgclassify.imaging import BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
+
+    side = 13_377
+    row = (np.arange(side) % 251).astype(np.uint8)
+    pixels = np.empty((side, side, 4), np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2], pixels[..., 3] = row, row[:, None], 77, 200
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "max.png", compress_level=1)
+    del pixels
+    record = peak_rss([tmp_path / "max.png"], limit_mb=BYTES_PER_PIXEL * DEFAULT_MAX_PIXELS // MIB + 256)
+    assert record["results"] == ["(3, 224, 224)"], record
+    assert float(record["image_mb"]) * MIB <= BYTES_PER_PIXEL * DEFAULT_MAX_PIXELS + 64 * MIB, record  # type: ignore[arg-type]
+
+
+# -- decoded size against the header, per-format limits ------------------------------------------
+
+
+def test_decoded_size_checked_against_max_pixels(tmp_path: Path) -> None:
+    from imgclassify.errors import ImageError
+    from imgclassify.imaging import open_image
+
+    ico_lying_about_size(tmp_path / "lying.ico", Image.new("RGB", (1, 30_000)))
+    with pytest.raises(ImageError, match=r"image too large: 1x30000 pixels"):  # the ICO says 16x16
+        open_image(tmp_path / "lying.ico", DecodeOptions(max_pixels=10_000))
+    assert open_image(tmp_path / "lying.ico").size == (1, 30_000)
+
+
+def test_webp_limit_is_scaled_by_its_decoder_cost(tmp_path: Path) -> None:
+    from imgclassify.errors import ImageError
+    from imgclassify.imaging import open_image
+
+    Image.new("RGB", (200, 200)).save(tmp_path / "a.webp")
+    Image.new("RGB", (200, 200)).save(tmp_path / "a.png")
+    assert open_image(tmp_path / "a.png", DecodeOptions(max_pixels=50_000)).size == (200, 200)
+    with pytest.raises(ImageError, match="more than --max-pixels 50000 allows for WEBP"):
+        open_image(tmp_path / "a.webp", DecodeOptions(max_pixels=50_000))
+
+
+def test_rotated_heic_is_rotated_once(lite0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """pillow-heif applies the orientation (and resets EXIF's to 1): exif_transpose must not again."""
+    import numpy as np
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from imgclassify.imaging import open_image
+
+    lab = labrador()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = lab.transpose(Image.Transpose.ROTATE_90)
+    pillow_heif.from_pillow(rotated).save(tmp_path / "rotated.heic", quality=95, exif=exif.tobytes())
+    decoded = open_image(tmp_path / "rotated.heic")
+    assert decoded.size == lab.size
+    error = np.abs(np.asarray(decoded, dtype=np.int16) - np.asarray(lab, dtype=np.int16)).mean()
+    upside_down = np.abs(np.asarray(decoded.rotate(180), dtype=np.int16) - np.asarray(lab, dtype=np.int16)).mean()
+    assert error < 6 < upside_down, (error, upside_down)
+    assert lite0.predict_file(tmp_path / "rotated.heic").class_id == LAB
+
+
+def test_heif_without_pillow_heif_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from imgclassify.errors import ImageError
+    from imgclassify.imaging import open_image
+
+    pillow_heif.from_pillow(labrador()).save(tmp_path / "a.heic")
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails as if not installed
+    with pytest.raises(ImageError, match=r"install pillow-heif .*imgclassify\[heif\]"):
+        open_image(tmp_path / "a.heic")
+
+
+# -- no process-wide side effects -----------------------------------------------------------------
+
+
+def test_import_changes_nothing_process_wide() -> None:
+    import subprocess
+    import sys
+
+    code = """
+import warnings
+from PIL import Image, ImageFile
+before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN), list(warnings.filters))
+import imgclassify, imgclassify.imaging, imgclassify.sources
+after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN), list(warnings.filters))
+assert before == after, (before, after)
+print("unchanged")
+"""
+    env = {**os.environ, "PYTHONPATH": str(PEAK_RSS.parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert done.stdout.strip() == "unchanged", done.stderr
+
+
+def test_decoding_leaves_pillow_globals_as_they_were(matrix) -> None:  # type: ignore[no-untyped-def]
+    from PIL import ImageFile
+
+    from imgclassify.errors import ImageError
+    from imgclassify.imaging import open_image
+
+    before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN))
+    for name in ("photo.heic", "photo.avif", "bomb.png", "truncated.jpg"):
+        if name in matrix:
+            for allow in (False, True):
+                with contextlib.suppress(ImageError):
+                    open_image(matrix[name][0], DecodeOptions(allow_truncated=allow))
+    assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN)) == before
+
+
+def test_a_big_jpeg_over_pillows_own_limit_still_decodes_at_reduced_scale(tmp_path: Path) -> None:
+    """Pillow refuses > 178,956,970 pixels at open; imgclassify opens past that without changing
+    Pillow's global limit, and decodes at 1/8 scale (its own --max-pixels is what counts)."""
+    from imgclassify.imaging import open_image
+
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (20_000, 10_000), (10, 200, 30)).save(path, quality=50)  # 200 Mpx, 300 KB
+    assert open_image(path).size == (2_500, 1_250)
+
+
+def test_allow_truncated_across_threads_restores_pillows_global(matrix) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import ImageFile
+
+    from imgclassify.imaging import open_image
+
+    truncated = matrix["truncated.jpg"][0]
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(lambda _: open_image(truncated, DecodeOptions(allow_truncated=True)).size, range(32)))
+    assert sizes == [labrador().size] * 32
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_phone_formats_are_walked(tmp_path: Path) -> None:
+    from imgclassify.sources import expand_inputs
+
+    for name in ("a.heic", "b.HEIF", "c.avif", "d.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(os.path.basename(p) for p in expand_inputs([str(tmp_path)]).paths) == ["a.heic", "b.HEIF", "c.avif"]
