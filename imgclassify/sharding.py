@@ -38,7 +38,7 @@ class Shard:
     def __post_init__(self) -> None:
         if self.count < 1 or not 1 <= self.index <= self.count:
             raise UsageError(
-                f"--shard {self.index}/{self.count}: K must be from 1 to N (1/{max(self.count, 1)} is the first "
+                f"--shard {self.index}/{self.count}: K in K/N runs from 1 to N (1/{max(self.count, 1)} is the first "
                 f"share, {max(self.count, 1)}/{max(self.count, 1)} the last)"
             )
 
