@@ -278,19 +278,28 @@ def predict(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(
+            "--shard",
+            help="K/N: classify only the K-th of N shares of the inputs (chosen by a hash of each path), for N independent jobs; join their outputs with `imgclassify merge`.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
     from .runner import PredictOptions, run_predict
     from .runtime import tune_allocator
+    from .sharding import Shard
 
     _setup_logging(quiet)
     tune_allocator()
-    options = PredictOptions(
-        inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
-        top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
-        quiet=quiet, progress=progress, tune_process=True,
-    )  # fmt: skip
     with reporting_errors():
+        options = PredictOptions(
+            inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
+            top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
+            quiet=quiet, progress=progress, tune_process=True, shard=Shard.parse(shard) if shard is not None else None,
+        )  # fmt: skip
         summary = run_predict(options)
     if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)
@@ -484,6 +493,36 @@ def report(
             results, output, manifest=manifest, thumbnails=thumbnails, thumbnail_size=thumbnail_size,
             results_format=fmt, base_dir=base_dir, title=title, workers=workers,
         )  # fmt: skip
+    if not quiet:
+        for warning in summary.warnings:
+            typer.echo(f"imgclassify: warning: {warning}", err=True)
+        typer.echo(f"imgclassify: {summary.line()}", err=True)
+
+
+@app.command()
+def merge(
+    output: Annotated[
+        Path,
+        typer.Argument(
+            help="The merged output: .jsonl, .json or .csv (its manifest goes beside it).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    shards: Annotated[
+        list[Path],
+        typer.Argument(
+            help="The outputs of `imgclassify predict --shard K/N -o FILE`, one per shard, with their manifests beside them.",
+            show_default=False,
+        ),
+    ],
+    quiet: QuietOpt = False,
+) -> None:
+    """Join the outputs of `predict --shard 1/N` ... `N/N` into one output and manifest, each input once."""
+    with reporting_errors():
+        from .merging import merge_shards
+
+        summary = merge_shards(output, shards)
     if not quiet:
         for warning in summary.warnings:
             typer.echo(f"imgclassify: warning: {warning}", err=True)

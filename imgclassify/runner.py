@@ -28,6 +28,7 @@ from .options import ModelOptions
 from .records import Prediction
 from .rendering import check_top_k
 from .resume import recorded_paths, resume_key
+from .sharding import Shard
 from .sources import expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
 
@@ -60,6 +61,8 @@ class PredictOptions:
     #: where the batches run (``--engine``) and that engine's own settings
     engine: EngineKind = EngineKind.LOCAL
     engine_settings: dict[str, Any] = field(default_factory=dict)
+    #: ``--shard K/N``: keep only this share of the inputs (see :mod:`imgclassify.sharding`)
+    shard: Shard | None = None
 
 
 @dataclass
@@ -75,6 +78,8 @@ class RunSummary:
     signal: int | None = None
     stopped_for_failures: bool = False
     manifest: Path | None = None
+    #: with ``--shard``: the inputs found before keeping this shard's share
+    found_before_sharding: int | None = None
 
     @property
     def exit_code(self) -> int:
@@ -89,13 +94,16 @@ class RunSummary:
         return "stopped" if self.stopped_for_failures else "complete"
 
     def counts(self) -> dict[str, int]:
-        return {
+        counts = {
             "inputs": self.inputs,
             "classified": self.classified,
             "failed": self.failed,
             "skipped_non_images": self.skipped_non_images,
             "already_done": self.already_done,
         }
+        if self.found_before_sharding is not None:
+            counts["found_before_sharding"] = self.found_before_sharding
+        return counts
 
     def line(self) -> str:
         total = self.classified + self.failed
@@ -107,8 +115,11 @@ class RunSummary:
             stopped = f"; interrupted by {signal.Signals(self.signal).name}"
         elif self.stopped_for_failures:
             stopped = "; stopped early: too many failures (--max-failures)"
+        shard = ""
+        if self.found_before_sharding is not None:
+            shard = f" (this shard's {self.inputs} of {self.found_before_sharding} inputs)"
         return (
-            f"{self.classified} classified, {self.failed} failed{skipped}{resumed} in {self.elapsed:.1f}s "
+            f"{self.classified} classified, {self.failed} failed{skipped}{resumed}{shard} in {self.elapsed:.1f}s "
             f"({rate:.1f} images/s, {self.model}){stopped}"
         )
 
@@ -209,7 +220,7 @@ def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path,
 
 
 def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
-    return {
+    section: dict[str, Any] = {
         "batch_size": options.batch_size,
         "top_k": options.top_k,
         "workers": options.workers,
@@ -217,8 +228,11 @@ def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
         "output": str(options.output) if options.output else None,
         "resume": options.resume,
         "max_failures": options.max_failures,
-        "shard": None,
+        "shard": options.shard.describe() if options.shard else None,
     }
+    if options.shard is not None:  # what `imgclassify merge` checks: every shard hashed the same paths
+        section["inputs"] = list(options.inputs)
+    return section
 
 
 def run_predict(
@@ -240,9 +254,13 @@ def run_predict(
         skipped = f" ({found.skipped_non_images} non-image files skipped)" if found.skipped_non_images else ""
         raise NoImagesError(f"no image found in {what}{skipped}: give image files, directories or quoted globs")
 
+    paths = options.shard.select(found.paths) if options.shard is not None else found.paths
+
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
     plan = plan_model(options.model, progress=show_progress)
-    run = _Run(options, fmt, plan, found.paths, found.skipped_non_images, start, show_progress)
+    run = _Run(options, fmt, plan, paths, found.skipped_non_images, start, show_progress)
+    if options.shard is not None:
+        run.found_before_sharding = len(found.paths)
     if options.resume:
         run.check_resume(describe_model(plan, plan.expected_label_set()))  # before paying for the model
     engine = create_engine(options.engine, plan, tune_process=options.tune_process, **options.engine_settings)
@@ -273,6 +291,7 @@ class _Run:
         output = options.output
         self.manifest_path = options.manifest or (manifest_path_for(output) if output else None)
         self.old_manifest: dict[str, Any] | None = None
+        self.found_before_sharding: int | None = None
         if options.resume:
             assert self.manifest_path is not None
             self.old_manifest = read_manifest(self.manifest_path)
@@ -291,7 +310,7 @@ class _Run:
             self.check_resume(model_section)  # now with the labels of the loaded model too
         summary = RunSummary(
             skipped_non_images=self.skipped, model=self.plan.spec.name, inputs=len(self.paths),
-            manifest=self.manifest_path,
+            manifest=self.manifest_path, found_before_sharding=self.found_before_sharding,
         )  # fmt: skip
         paths, header = self.paths, True
         if options.resume:
