@@ -212,9 +212,13 @@ JpegDecodeFn = Callable[[list["torch.Tensor"], "torch.device"], list["torch.Tens
 
 def nvjpeg_decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """torchvision's batched ``decode_jpeg`` to RGB on ``device`` (nvJPEG for cuda, libjpeg for cpu)."""
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     return out if isinstance(out, list) else [out]
 
 

@@ -241,6 +241,10 @@ def run_predict(
         raise NoImagesError(f"no image found in {what}{skipped}: give image files, directories or quoted globs")
 
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
+    if options.model.device not in ("auto", "cpu"):  # a missing GPU fails before weights are looked for
+        from .devices import resolve_device
+
+        resolve_device(options.model.device)
     plan = plan_model(options.model, progress=show_progress)
     run = _Run(options, fmt, plan, found.paths, found.skipped_non_images, start, show_progress)
     if options.resume:
