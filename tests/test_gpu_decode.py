@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms.functional import pil_to_tensor
 from typer.testing import CliRunner
 
+from conftest import LABELLED, SAMPLES
 from imgclassify.gpu_decode import (
     GpuBatchDecoder,
     JpegHeader,
@@ -35,8 +36,6 @@ from imgclassify.imaging import DecodeOptions, open_image
 from imgclassify.loaders import LoaderKind, choose_loader, pin_memory_for
 from imgclassify.loading import Decoder
 from imgclassify.registry import get_spec
-
-from conftest import LABELLED, SAMPLES
 
 CPU = torch.device("cpu")
 BILINEAR = get_spec("densenet121").preprocess  # resize 256, crop 224, bilinear
@@ -137,7 +136,7 @@ def test_resize_crop_matches_the_cpu_path_on_the_labelled_photos(config, max_dif
         differing += int((diff > 0).sum())
         total += diff.numel()
     assert worst <= max_diff
-    assert differing / total < 0.01  # measured: 0.26% (bilinear), 0.01% (bicubic)
+    assert differing / total < 0.01  # measured: 0.342% (bilinear), 0.010% (bicubic)
 
 
 def test_resize_crop_sizes_follow_torchvision() -> None:
