@@ -44,7 +44,7 @@ BICUBIC = get_spec("efficientnet_lite0").preprocess  # resize 256, crop 224, bic
 
 def jpeg_bytes(image: Image.Image, **save: object) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", **save)  # type: ignore[arg-type]
+    image.save(buffer, format="JPEG", **save)
     return buffer.getvalue()
 
 
