@@ -3,6 +3,12 @@ predict` end to end, in ONE run on one corpus, so the ratios compare like with l
 
     python benchmarks/throughput.py [--model densenet121] [--images 500] [--device cpu]
                                     [--batch-size 8] [--configs default bf16 ...] [--memory]
+                                    [--corpus imagenet|camera]
+
+With ``--device cuda`` the tutorial loop and the pure model run on the GPU too, and a GPU
+utilization column is added (the mean while the tool ran); ``fp16`` and ``cpu-decode`` (GPU
+decoding off: IMGCLASSIFY_GPU_DECODE=0) are configs for that case. ``--corpus camera`` uses
+4032x3024 JPEGs instead of ImageNet-sized photos.
 
 Works offline: the model gets random weights saved to a temporary file (speed does not depend
 on the weights' values). The corpus is built from the sample photos: varied sizes, some PNGs,
@@ -13,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -39,7 +44,12 @@ CONFIGS = {
     "openvino-bf16-workers=0": ["--backend", "openvino", "--precision", "bf16", "--workers", "0"],
     "openvino-bf16-workers=1": ["--backend", "openvino", "--precision", "bf16", "--workers", "1"],
     "bf16-workers=1": ["--precision", "bf16", "--workers", "1"],
+    "fp16": ["--precision", "fp16"],
+    "cpu-decode": [],  # with IMGCLASSIFY_GPU_DECODE=0 (CUDA runs): Pillow in worker processes
+    "bf16-cpu-decode": ["--precision", "bf16"],
 }
+#: configs run with extra environment variables
+CONFIG_ENV = {"cpu-decode": {"IMGCLASSIFY_GPU_DECODE": "0"}, "bf16-cpu-decode": {"IMGCLASSIFY_GPU_DECODE": "0"}}
 
 
 def build_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -75,7 +85,7 @@ def random_weights(model: str, folder: Path) -> Path:
     return path
 
 
-def seed_loop(model: str, weights: Path, paths: list[Path]) -> float:
+def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu") -> float:
     """The tutorial's way: one image at a time, PIL, Resize(255), no inference_mode, no batching."""
     import torch
     import torchvision.transforms as transforms
@@ -85,7 +95,7 @@ def seed_loop(model: str, weights: Path, paths: list[Path]) -> float:
     from imgclassify.registry import get_spec
 
     net, _ = build_with_state(get_spec(model), torch.load(weights, weights_only=True))
-    net.eval()
+    net.eval().to(device)
     tf = transforms.Compose(
         [transforms.Resize(255), transforms.CenterCrop(224), transforms.ToTensor(),
          transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
@@ -93,8 +103,8 @@ def seed_loop(model: str, weights: Path, paths: list[Path]) -> float:
     start = time.perf_counter()
     for path in paths:
         image = Image.open(path).convert("RGB")
-        outputs = net.forward(tf(image).unsqueeze(0))
-        outputs.max(1)
+        outputs = net.forward(tf(image).unsqueeze(0).to(device))
+        outputs.max(1)[1].item()  # as the tutorial returns the class: waits for the GPU too
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -108,7 +118,9 @@ def pure_model(
 
     clf = load_classifier(model, weights=weights, device=device, precision=precision, backend=backend)
     size = clf.preprocess_config.crop_size
-    batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8).to(
+        clf.device
+    )  # as GPU decoding hands it
     clf.plan_batches(batch_size)  # as the tool does on a long run
     clf.forward_uint8(batch)
     done, start = 0, time.perf_counter()
@@ -118,9 +130,14 @@ def pure_model(
     return done / (time.perf_counter() - start)
 
 
-def run_tool(args: list[str], expected: int) -> dict[str, float]:
+def run_tool(args: list[str], expected: int, extra_env: dict[str, str] | None = None) -> dict[str, float]:
     """`imgclassify predict ... -f jsonl` as a subprocess; times to first and last record, peak RSS."""
-    env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1"}
+    env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1", **(extra_env or {})}
+    sampler = None
+    if "cuda" in args:
+        from gpu_stats import UtilizationSampler
+
+        sampler = UtilizationSampler().__enter__()
     start = time.perf_counter()
     proc = subprocess.Popen([EXE, "predict", *args, "-f", "jsonl", "-q"], stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
@@ -132,11 +149,18 @@ def run_tool(args: list[str], expected: int) -> dict[str, float]:
             first = time.perf_counter() - start
     total = time.perf_counter() - start
     _, status, usage = os.wait4(proc.pid, 0)
+    gpu_util = float("nan")
+    if sampler is not None:
+        sampler.__exit__(None, None, None)
+        gpu_util = sampler.mean if sampler.mean is not None else float("nan")
     if lines != expected:
         raise SystemExit(f"expected {expected} records, got {lines} (status {status})")
     first = first or total
     steady = (lines - 1) / (total - first) if total > first and lines > 1 else float("nan")
-    return {"wall": total, "first": first, "rate_wall": lines / total, "rate": steady, "rss_mb": usage.ru_maxrss / 1024}
+    return {
+        "wall": total, "first": first, "rate_wall": lines / total, "rate": steady, "rss_mb": usage.ru_maxrss / 1024,
+        "gpu_util": gpu_util,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -151,12 +175,18 @@ def main() -> None:
     )
     parser.add_argument("--pure-seconds", type=float, default=10.0)
     parser.add_argument("--memory", action="store_true", help="also compare peak RSS over 200 and 2,000 images")
+    parser.add_argument("--corpus", choices=["imagenet", "camera"], default="imagenet", help="photo sizes")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="imgclassify-bench-"))
     os.environ["IMGCLASSIFY_CACHE"] = str(tmp / "cache")  # OpenVINO converts once per run, in the pure-model step
     try:
-        paths = build_corpus(tmp / "corpus", args.images)
+        if args.corpus == "camera":
+            from gpu_stats import build_camera_corpus
+
+            paths = build_camera_corpus(tmp / "corpus", args.images, SOURCES)
+        else:
+            paths = build_corpus(tmp / "corpus", args.images)
         weights = random_weights(args.model, tmp)
         common = [
             str(tmp / "corpus"),
@@ -169,11 +199,18 @@ def main() -> None:
             "-b",
             str(args.batch_size),
         ]
-        cpu = platform.processor() or platform.machine()
+        gpu = args.device.startswith("cuda")
+        from imgclassify.capabilities import cpu_description
+
+        cpu = cpu_description()
+        if gpu:
+            import torch
+
+            cpu += f"; GPU: {torch.cuda.get_device_name(args.device)}"
         print(
             f"# throughput: {args.model}, {args.images} images, batch {args.batch_size}, {args.device}, {cpu}, {os.cpu_count()} CPUs"
         )
-        seed = seed_loop(args.model, weights, paths[: args.seed_images])
+        seed = seed_loop(args.model, weights, paths[: args.seed_images], args.device)
         print(f"tutorial loop: {seed:.1f} images/s over {min(args.seed_images, len(paths))} images", flush=True)
         one = run_tool([str(paths[0]), *common[1:]], 1)
         print(f"time to first result, one image, fresh process: {one['wall']:.2f}s", flush=True)
@@ -183,19 +220,21 @@ def main() -> None:
             precision = extra[extra.index("--precision") + 1] if "--precision" in extra else "fp32"
             backend = extra[extra.index("--backend") + 1] if "--backend" in extra else "torch"
             pure = pure_model(args.model, weights, args.device, args.batch_size, precision, backend, args.pure_seconds)
-            tool = run_tool(common + extra, len(paths))
+            tool = run_tool(common + extra, len(paths), CONFIG_ENV.get(name))
             rows.append((name, pure, tool))
             print(f"{name}: pure {pure:.1f}, tool {tool['rate']:.1f} images/s", flush=True)
         print()
         print(
             "| config | pure model img/s | tool img/s (steady) | tool img/s (whole run) | first record s | peak RSS MB | tool/seed | tool/pure |"
+            + (" GPU util % |" if gpu else "")
         )
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""))
         print(f"| tutorial loop | | {seed:.1f} | | | | 1.00 | |")
         for name, pure, tool in rows:
             print(
                 f"| {name} | {pure:.1f} | {tool['rate']:.1f} | {tool['rate_wall']:.1f} | {tool['first']:.1f} | "
                 f"{tool['rss_mb']:.0f} | {tool['rate'] / seed:.2f} | {tool['rate'] / pure:.2f} |"
+                + (f" {tool['gpu_util']:.0f} |" if gpu else "")
             )
         if args.memory:
             small = build_corpus(tmp / "m200", 200, seed=1)

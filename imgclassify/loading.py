@@ -138,3 +138,49 @@ def iter_batches(
         prefetch_factor=4 if workers else None,
     )
     yield from loader
+
+
+# -- bytes only (GPU decoding): workers read files, the decoding happens on the device ----------
+
+
+@dataclass
+class RawBatch:
+    """Files' bytes in input order; ``None`` where a file could not be read (its decoder says why)."""
+
+    indices: list[int]
+    data: list[bytes | None]
+
+
+class BytesDataset:
+    """Map-style dataset over paths that only reads each file's bytes (GPU decoding)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, bytes | None]:
+        try:
+            with open(self.paths[index], "rb") as stream:
+                return index, stream.read()
+        except OSError:
+            return index, None
+
+
+def collate_raw(items: list[tuple[int, bytes | None]]) -> RawBatch:
+    return RawBatch([index for index, _ in items], [data for _, data in items])
+
+
+def iter_raw_batches(paths: Sequence[str], *, batch_size: int, workers: int) -> Iterator[RawBatch]:
+    """Read ``paths`` into batches of bytes, in order; ``workers`` processes (0: here)."""
+    from torch.utils.data import DataLoader
+
+    loader: DataLoader[Any] = DataLoader(
+        BytesDataset(paths),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_raw,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader

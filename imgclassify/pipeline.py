@@ -19,7 +19,8 @@ from .devices import Precision, resolve_device
 from .errors import UsageError
 from .imaging import DecodeOptions, preprocess
 from .labels import Labels
-from .loading import Batch, Decoder, default_workers, iter_batches
+from .loaders import open_batches
+from .loading import Batch, Decoder, default_workers
 from .model_plan import LabelSet, ModelPlan, plan_model
 from .options import ModelOptions
 from .records import Candidate, Prediction
@@ -133,8 +134,7 @@ class Classifier:
             workers = default_workers(len(names), batch_size, self.device.type, self.backend_kind)
         # a frozen graph pays for its tracing (about 1 s) only over several full batches
         self.plan_batches(batch_size if len(names) >= 4 * batch_size else None)
-        pin = self.device.type == "cuda"
-        for batch in iter_batches(names, self.decoder, batch_size=batch_size, workers=workers, pin_memory=pin):
+        for batch in open_batches(names, self.decoder, self.device, batch_size=batch_size, workers=workers):
             yield self.classify_batch(batch, names, renderer)
 
     def predict(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> Iterator[Prediction]:

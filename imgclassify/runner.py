@@ -257,6 +257,10 @@ def run_predict(
     paths = options.shard.select(found.paths) if options.shard is not None else found.paths
 
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
+    if options.model.device not in ("auto", "cpu"):  # a missing GPU fails before weights are looked for
+        from .devices import resolve_device
+
+        resolve_device(options.model.device)
     plan = plan_model(options.model, progress=show_progress)
     run = _Run(options, fmt, plan, paths, found.skipped_non_images, start, show_progress)
     if options.shard is not None:
