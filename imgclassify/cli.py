@@ -146,6 +146,14 @@ MaxPixelsOpt = Annotated[
     ),
 ]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image, with probabilities.")]
+ThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--threshold",
+        help="A probability from 0 to 1: records whose top-1 probability is below it keep their class and say confident: false.",
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only errors on stderr: no progress, warnings or summary.")
 ]
@@ -232,6 +240,7 @@ def predict(
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 8,
     top_k: TopKOpt = 1,
+    threshold: ThresholdOpt = None,
     output_format: Annotated[
         Optional[OutputFormat],
         typer.Option(
@@ -288,7 +297,7 @@ def predict(
     options = PredictOptions(
         inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
         top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
-        quiet=quiet, progress=progress, tune_process=True,
+        quiet=quiet, progress=progress, tune_process=True, threshold=threshold,
     )  # fmt: skip
     with reporting_errors():
         summary = run_predict(options)
@@ -358,6 +367,7 @@ def serve(
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Default number of classes per answer (?top_k= overrides).")
     ] = 1,
+    threshold: ThresholdOpt = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for every interface.")
     ] = "127.0.0.1",
@@ -391,9 +401,11 @@ def serve(
     _setup_logging(quiet)
     with reporting_errors():
         from .model_plan import plan_model
+        from .rendering import check_threshold
         from .server import ServerConfig, require_flask
         from .server import serve as run_server
 
+        check_threshold(threshold)
         require_flask()
         # fail here, with a clear message, rather than in a worker process
         plan = plan_model(model_options, progress=not quiet)
@@ -403,7 +415,7 @@ def serve(
         config = ServerConfig(
             options=model_options.replace(model=plan.spec.name), top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
-            read_timeout_s=read_timeout,
+            read_timeout_s=read_timeout, threshold=threshold,
         )  # fmt: skip
         if not quiet:
             typer.echo(f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict)", err=True)

@@ -26,7 +26,7 @@ from .manifest import RunManifest, command_line, describe_model, manifest_path_f
 from .model_plan import ModelPlan, plan_model
 from .options import ModelOptions
 from .records import Prediction
-from .rendering import check_top_k
+from .rendering import check_threshold, check_top_k, judge
 from .resume import recorded_paths, resume_key
 from .sources import expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
@@ -60,6 +60,8 @@ class PredictOptions:
     #: where the batches run (``--engine``) and that engine's own settings
     engine: EngineKind = EngineKind.LOCAL
     engine_settings: dict[str, Any] = field(default_factory=dict)
+    #: a record whose top-1 probability is below this says ``confident: false`` (``--threshold``)
+    threshold: float | None = None
 
 
 @dataclass
@@ -167,6 +169,7 @@ def validate(options: PredictOptions, fmt: OutputFormat) -> None:
     if options.workers is not None and options.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {options.workers}")
     failure_limit(options.max_failures, 0)
+    check_threshold(options.threshold)
     if options.resume:
         if options.output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
@@ -218,6 +221,7 @@ def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
         "resume": options.resume,
         "max_failures": options.max_failures,
         "shard": None,
+        "threshold": options.threshold,
     }
 
 
@@ -357,6 +361,8 @@ def _write_batches(
             writer = make_writer(fmt, stream, top_k=options.top_k, model_name=summary.model, header=header)
             try:
                 for batch in batches:
+                    if options.threshold is not None:  # the engines render without one; judged here, once
+                        batch = [judge(record, options.threshold) for record in batch]
                     writer.write(batch)
                     for record in batch:
                         if record.error is None:
