@@ -21,9 +21,10 @@ import typer
 from . import __version__
 from .backends import Backend
 from .devices import Precision, validate_device
-from .errors import ImgclassifyError
+from .errors import ImgclassifyError, UsageError
 from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 from .options import ModelOptions
+from .sorting import SortMode, SortOptions
 from .writers import OutputFormat
 
 app = typer.Typer(
@@ -286,6 +287,27 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    sort_into: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--sort-into",
+            help="After classification put each image into DIR/<class_id>-<class_name>/ (DIR/unknown/ below --threshold).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    sort_mode: Annotated[
+        Optional[SortMode],
+        typer.Option(
+            "--sort-mode", help="copy (default: sources untouched), hardlink, symlink or move.", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="With --sort-into: print the plan (mode, source, destination) on stdout, change nothing."
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
@@ -294,16 +316,26 @@ def predict(
 
     _setup_logging(quiet)
     tune_allocator()
+    with reporting_errors():
+        sort = _sort_options(sort_into, sort_mode, dry_run)
     options = PredictOptions(
         inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
         top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
-        quiet=quiet, progress=progress, tune_process=True, threshold=threshold,
+        quiet=quiet, progress=progress, tune_process=True, threshold=threshold, sort=sort,
     )  # fmt: skip
     with reporting_errors():
         summary = run_predict(options)
     if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _sort_options(into: Path | None, mode: SortMode | None, dry_run: bool) -> SortOptions | None:
+    if into is None:
+        if mode is not None or dry_run:
+            raise UsageError(f"{'--sort-mode' if mode is not None else '--dry-run'} needs --sort-into DIR")
+        return None
+    return SortOptions(into, mode or SortMode.COPY, dry_run)
 
 
 class ListFormat(str, enum.Enum):

@@ -28,6 +28,7 @@ from .options import ModelOptions
 from .records import Prediction
 from .rendering import check_threshold, check_top_k, judge
 from .resume import recorded_paths, resume_key
+from .sorting import Sorter, SortOptions, validate_sort
 from .sources import expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
 
@@ -62,6 +63,8 @@ class PredictOptions:
     engine_settings: dict[str, Any] = field(default_factory=dict)
     #: a record whose top-1 probability is below this says ``confident: false`` (``--threshold``)
     threshold: float | None = None
+    #: ``--sort-into DIR`` with its mode and ``--dry-run`` (see :mod:`imgclassify.sorting`)
+    sort: SortOptions | None = None
 
 
 @dataclass
@@ -77,6 +80,8 @@ class RunSummary:
     signal: int | None = None
     stopped_for_failures: bool = False
     manifest: Path | None = None
+    #: ``--sort-into``: what the sorter did (None without it)
+    sort: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -111,8 +116,19 @@ class RunSummary:
             stopped = "; stopped early: too many failures (--max-failures)"
         return (
             f"{self.classified} classified, {self.failed} failed{skipped}{resumed} in {self.elapsed:.1f}s "
-            f"({rate:.1f} images/s, {self.model}){stopped}"
+            f"({rate:.1f} images/s, {self.model}){stopped}{_sort_line(self.sort)}"
         )
+
+
+def _sort_line(sort: dict[str, Any] | None) -> str:
+    if sort is None:
+        return ""
+    counts = sort["counts"]
+    verb = "would sort" if sort["dry_run"] else "sorted"
+    return (
+        f"; {verb} {counts['sorted']} into {sort['into']} ({sort['mode']}), {counts['already_sorted']} already "
+        f"sorted, {counts['failed']} could not be sorted"
+    )
 
 
 class _Terminated(BaseException):  # like KeyboardInterrupt: not caught by per-file error handling
@@ -179,6 +195,8 @@ def validate(options: PredictOptions, fmt: OutputFormat) -> None:
         check_writable(options.output, "--output")
     if options.manifest is not None:
         check_writable(options.manifest, "--manifest")
+    if options.sort is not None:
+        validate_sort(options.sort)
 
 
 @contextlib.contextmanager
@@ -318,14 +336,29 @@ class _Run:
                 }
             manifest.start(model_section, openvino=self.plan.options.backend is Backend.OPENVINO)
         status = "failed"
+        sorter = records_out = None
+        if options.sort is not None:
+            sorter = Sorter(options.sort, plan_stream=stdout)  # a dry run's plan is data: stdout
+            if options.sort.dry_run and options.output is None:
+                records_out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  stdout holds the plan
         try:
             batches = engine.batches(paths, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers)
             _write_batches(
-                batches, len(paths), options, fmt, header, self.limit, summary, stdout, stderr, self.show_progress
-            )
+                batches, len(paths), options, fmt, header, self.limit, summary, records_out or stdout, stderr,
+                self.show_progress, sorter,
+            )  # fmt: skip
             status = summary.status
         finally:
             summary.elapsed = time.perf_counter() - self.start
+            if sorter is not None:
+                sorter.close()
+                summary.sort = sorter.describe()
+                for path, reason in sorter.counts.failures:
+                    log.warning("%s: not sorted: %s (left where it is)", path, reason)
+                if manifest is not None:
+                    manifest.data["sort"] = summary.sort
+            if records_out is not None:
+                records_out.close()
             if manifest is not None:
                 manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3), engine=engine.describe())
         return summary
@@ -342,6 +375,7 @@ def _write_batches(
     stdout: TextIO,
     stderr: TextIO,
     show_progress: bool,
+    sorter: Sorter | None = None,
 ) -> None:
     """Write the engine's batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
     from tqdm import tqdm
@@ -363,6 +397,8 @@ def _write_batches(
                 for batch in batches:
                     if options.threshold is not None:  # the engines render without one; judged here, once
                         batch = [judge(record, options.threshold) for record in batch]
+                    if sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
+                        sorter.sort(batch)
                     writer.write(batch)
                     for record in batch:
                         if record.error is None:
