@@ -393,6 +393,44 @@ def list_models(
 
 
 @app.command()
+def doctor(
+    output_format: Annotated[ListFormat, typer.Option("--format", "-f", help="table or json.")] = ListFormat.TABLE,
+    image: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--image",
+            help="An RGB photo for the preprocessing parity check (default: a generated JPEG).",
+            dir_okay=False,
+            exists=True,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check this environment: Python, torch build, CUDA/MPS, OpenVINO, CPU, allocator, offline models, preprocessing parity. Exit 1 when a check fails."""
+    from .doctor import healthy, run_checks
+
+    with reporting_errors():
+        checks = run_checks(image=image)
+    ok = healthy(checks)
+    if output_format is ListFormat.JSON:
+        typer.echo(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="imgclassify doctor", box=None, pad_edge=False, expand=False)
+        table.add_column("check", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("detail", overflow="fold")
+        for check in checks:
+            table.add_row(check.name, check.status.value, check.detail)
+        console = Console(highlight=False)
+        console.print(table)
+        console.print("all checks passed" if ok else "some checks failed")
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
 @with_model_options
 def serve(
     model_options: ModelOptions,
