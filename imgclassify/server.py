@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .errors import ImgclassifyError, UsageError
@@ -216,9 +217,19 @@ def create_app(
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _error(500, "internal_error", "the server failed to handle this request; see its log")
 
+    page = (resources.files("imgclassify") / "data" / "serve_page.html").read_text(encoding="utf-8")
+
     @app.get("/")
     def root() -> Response:
-        return jsonify(ROOT_MESSAGE)
+        # a browser (text/html preferred over JSON) gets the page; curl (*/*) and API clients the tutorial's JSON
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+            from flask import Response as FlaskResponse
+
+            answer = FlaskResponse(page, mimetype="text/html")
+        else:
+            answer = jsonify(ROOT_MESSAGE)
+        answer.headers["Vary"] = "Accept"
+        return answer
 
     @app.get("/info")
     def info_route() -> Response:
