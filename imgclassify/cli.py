@@ -21,9 +21,10 @@ import typer
 from . import __version__
 from .backends import Backend
 from .devices import Precision, validate_device
-from .errors import ImgclassifyError
+from .errors import ImgclassifyError, UsageError
 from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 from .options import ModelOptions
+from .sorting import SortMode, SortOptions
 from .writers import OutputFormat
 
 app = typer.Typer(
@@ -146,6 +147,14 @@ MaxPixelsOpt = Annotated[
     ),
 ]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes per image, with probabilities.")]
+ThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--threshold",
+        help="A probability from 0 to 1: records whose top-1 probability is below it keep their class and say confident: false.",
+        show_default=False,
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only errors on stderr: no progress, warnings or summary.")
 ]
@@ -232,6 +241,7 @@ def predict(
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 8,
     top_k: TopKOpt = 1,
+    threshold: ThresholdOpt = None,
     output_format: Annotated[
         Optional[OutputFormat],
         typer.Option(
@@ -277,6 +287,27 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    sort_into: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--sort-into",
+            help="After classification put each image into DIR/<class_id>-<class_name>/ (DIR/unknown/ below --threshold).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    sort_mode: Annotated[
+        Optional[SortMode],
+        typer.Option(
+            "--sort-mode", help="copy (default: sources untouched), hardlink, symlink or move.", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="With --sort-into: print the plan (mode, source, destination) on stdout, change nothing."
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     shard: Annotated[
         Optional[str],
@@ -299,11 +330,20 @@ def predict(
             inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
             top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
             quiet=quiet, progress=progress, tune_process=True, shard=Shard.parse(shard) if shard is not None else None,
+            threshold=threshold, sort=_sort_options(sort_into, sort_mode, dry_run),
         )  # fmt: skip
         summary = run_predict(options)
     if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _sort_options(into: Path | None, mode: SortMode | None, dry_run: bool) -> SortOptions | None:
+    if into is None:
+        if mode is not None or dry_run:
+            raise UsageError(f"{'--sort-mode' if mode is not None else '--dry-run'} needs --sort-into DIR")
+        return None
+    return SortOptions(into, mode or SortMode.COPY, dry_run)
 
 
 class ListFormat(str, enum.Enum):
@@ -361,12 +401,51 @@ def list_models(
 
 
 @app.command()
+def doctor(
+    output_format: Annotated[ListFormat, typer.Option("--format", "-f", help="table or json.")] = ListFormat.TABLE,
+    image: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--image",
+            help="An RGB photo for the preprocessing parity check (default: a generated JPEG).",
+            dir_okay=False,
+            exists=True,
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check this environment: Python, torch build, CUDA/MPS, OpenVINO, CPU, allocator, offline models, preprocessing parity. Exit 1 when a check fails."""
+    from .doctor import healthy, run_checks
+
+    with reporting_errors():
+        checks = run_checks(image=image)
+    ok = healthy(checks)
+    if output_format is ListFormat.JSON:
+        typer.echo(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="imgclassify doctor", box=None, pad_edge=False, expand=False)
+        table.add_column("check", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("detail", overflow="fold")
+        for check in checks:
+            table.add_row(check.name, check.status.value, check.detail)
+        console = Console(highlight=False)
+        console.print(table)
+        console.print("all checks passed" if ok else "some checks failed")
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
 @with_model_options
 def serve(
     model_options: ModelOptions,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", min=1, help="Default number of classes per answer (?top_k= overrides).")
     ] = 1,
+    threshold: ThresholdOpt = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for every interface.")
     ] = "127.0.0.1",
@@ -400,9 +479,11 @@ def serve(
     _setup_logging(quiet)
     with reporting_errors():
         from .model_plan import plan_model
+        from .rendering import check_threshold
         from .server import ServerConfig, require_flask
         from .server import serve as run_server
 
+        check_threshold(threshold)
         require_flask()
         # fail here, with a clear message, rather than in a worker process
         plan = plan_model(model_options, progress=not quiet)
@@ -412,7 +493,7 @@ def serve(
         config = ServerConfig(
             options=model_options.replace(model=plan.spec.name), top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
-            read_timeout_s=read_timeout,
+            read_timeout_s=read_timeout, threshold=threshold,
         )  # fmt: skip
         if not quiet:
             typer.echo(f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict)", err=True)

@@ -162,6 +162,7 @@ RESUME_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("precision", ("precision",)),
     ("backend", ("backend",)),
     ("top-k", ("run", "top_k")),
+    ("threshold", ("run", "threshold")),
     ("shard", ("run", "shard")),
 )
 

@@ -90,8 +90,8 @@ class Classifier:
             f"backend={self.backend.name!r})"
         )
 
-    def renderer(self, top_k: int = 1) -> Renderer:
-        return Renderer(self.labels, top_k)
+    def renderer(self, top_k: int = 1, threshold: float | None = None) -> Renderer:
+        return Renderer(self.labels, top_k, threshold)
 
     def check_top_k(self, top_k: int) -> None:
         check_top_k(top_k, self.num_classes)
@@ -122,9 +122,13 @@ class Classifier:
         batch_size: int = 8,
         top_k: int = 1,
         workers: int | None = None,
+        threshold: float | None = None,
     ) -> Iterator[list[Prediction]]:
-        """Classify files, yielding one list of records per batch, in input order."""
-        renderer = self.renderer(top_k)
+        """Classify files, yielding one list of records per batch, in input order.
+
+        ``threshold``: records whose top-1 probability is below it say ``confident=False``.
+        """
+        renderer = self.renderer(top_k, threshold)
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
         names = [os.fspath(p) for p in paths]

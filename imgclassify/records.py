@@ -31,6 +31,8 @@ class Prediction:
     path: str
     top: tuple[Candidate, ...] = ()
     error: str | None = None
+    #: with a threshold: whether the top-1 probability reached it (None: no threshold, or an error)
+    confident: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -57,7 +59,7 @@ class Prediction:
         return self.top[0].probability if self.top else None
 
     def to_dict(self, *, top_k: bool | None = None) -> dict[str, Any]:
-        """The record as documented in the README: fixed keys, ``top_k`` when k > 1."""
+        """The record as documented in the README: fixed keys (``confident`` last), ``top_k`` when k > 1."""
         best = self.best
         record: dict[str, Any] = {
             "path": self.path,
@@ -69,4 +71,5 @@ class Prediction:
         if top_k if top_k is not None else len(self.top) > 1:
             record["top_k"] = [c.to_dict() for c in self.top]
         record["error"] = self.error
+        record["confident"] = self.confident
         return record

@@ -7,7 +7,7 @@ Python API, the server and the Ray engine alike.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
@@ -21,6 +21,22 @@ if TYPE_CHECKING:
 PROBABILITY_DECIMALS = 6
 
 
+def check_threshold(threshold: float | None) -> None:
+    """``--threshold P``: a probability, 0 <= P <= 1 (None: no threshold)."""
+    if threshold is not None and not (0.0 <= threshold <= 1.0):  # also refuses NaN
+        raise UsageError(f"--threshold must be a probability from 0 to 1 (such as 0.5), got {threshold:g}")
+
+
+def judge(prediction: Prediction, threshold: float | None) -> Prediction:
+    """``prediction`` with ``confident`` set: its top-1 probability is at least ``threshold``.
+
+    No threshold, or a failed file: ``confident`` stays None. The class is kept either way.
+    """
+    if threshold is None or prediction.error is not None or not prediction.top:
+        return prediction
+    return replace(prediction, confident=prediction.top[0].probability >= threshold)
+
+
 def check_top_k(top_k: int, num_classes: int) -> None:
     if not 1 <= top_k <= num_classes:
         raise UsageError(f"--top-k must be between 1 and {num_classes} (the model's class count), got {top_k}")
@@ -28,13 +44,16 @@ def check_top_k(top_k: int, num_classes: int) -> None:
 
 @dataclass(frozen=True)
 class Renderer:
-    """Top-k candidates with labels, for one model's labels."""
+    """Top-k candidates with labels, for one model's labels; ``confident`` set when a ``threshold`` is given."""
 
     labels: Labels
     top_k: int = 1
+    #: a record whose top-1 probability is below this says ``confident: false`` (None: no judgement)
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         check_top_k(self.top_k, len(self.labels))
+        check_threshold(self.threshold)
 
     def candidates(self, probs: torch.Tensor) -> list[tuple[Candidate, ...]]:
         """One tuple of ``top_k`` candidates per row of ``probs``, best first."""
@@ -55,7 +74,7 @@ class Renderer:
         errors = errors or {}
         rows = iter(self.candidates(probs) if probs is not None else [])
         records = [
-            Prediction(name, error=errors[i]) if i in errors else Prediction(name, next(rows))
+            Prediction(name, error=errors[i]) if i in errors else judge(Prediction(name, next(rows)), self.threshold)
             for i, name in enumerate(names)
         ]
         if next(rows, None) is not None:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .errors import UsageError
-from .writers import CSV_COLUMNS, OutputFormat, csv_text
+from .writers import CSV_COLUMNS, CSV_COLUMNS_V1, OutputFormat, csv_text
 
 
 def _complete_csv_prefix(text: str) -> int:
@@ -54,6 +54,12 @@ def recorded_paths(output: Path, fmt: OutputFormat) -> tuple[set[str], bool]:
         prefix = text[: _complete_csv_prefix(text)]
         rows = list(csv.reader(io.StringIO(prefix, newline="")))
         has_header = bool(rows) and tuple(rows[0]) == CSV_COLUMNS
+        if rows and tuple(rows[0]) == CSV_COLUMNS_V1:
+            raise UsageError(
+                f"--resume: {output} was written by an older imgclassify (its CSV has no 'confident' column), "
+                "so new records would not fit its header; write to a new --output, or convert the file to JSON "
+                "Lines and resume that"
+            )
         if rows and not has_header:
             raise UsageError(f"--resume: {output} does not start with imgclassify's CSV header")
         done = {row[0] for row in rows[1:] if row}

@@ -26,9 +26,10 @@ from .manifest import RunManifest, command_line, describe_model, manifest_path_f
 from .model_plan import ModelPlan, plan_model
 from .options import ModelOptions
 from .records import Prediction
-from .rendering import check_top_k
+from .rendering import check_threshold, check_top_k, judge
 from .resume import recorded_paths, resume_key
 from .sharding import Shard
+from .sorting import Sorter, SortOptions, validate_sort
 from .sources import expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
 
@@ -63,6 +64,10 @@ class PredictOptions:
     engine_settings: dict[str, Any] = field(default_factory=dict)
     #: ``--shard K/N``: keep only this share of the inputs (see :mod:`imgclassify.sharding`)
     shard: Shard | None = None
+    #: a record whose top-1 probability is below this says ``confident: false`` (``--threshold``)
+    threshold: float | None = None
+    #: ``--sort-into DIR`` with its mode and ``--dry-run`` (see :mod:`imgclassify.sorting`)
+    sort: SortOptions | None = None
 
 
 @dataclass
@@ -80,6 +85,8 @@ class RunSummary:
     manifest: Path | None = None
     #: with ``--shard``: the inputs found before keeping this shard's share
     found_before_sharding: int | None = None
+    #: ``--sort-into``: what the sorter did (None without it)
+    sort: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -120,8 +127,19 @@ class RunSummary:
             shard = f" (this shard's {self.inputs} of {self.found_before_sharding} inputs)"
         return (
             f"{self.classified} classified, {self.failed} failed{skipped}{resumed}{shard} in {self.elapsed:.1f}s "
-            f"({rate:.1f} images/s, {self.model}){stopped}"
+            f"({rate:.1f} images/s, {self.model}){stopped}{_sort_line(self.sort)}"
         )
+
+
+def _sort_line(sort: dict[str, Any] | None) -> str:
+    if sort is None:
+        return ""
+    counts = sort["counts"]
+    verb = "would sort" if sort["dry_run"] else "sorted"
+    return (
+        f"; {verb} {counts['sorted']} into {sort['into']} ({sort['mode']}), {counts['already_sorted']} already "
+        f"sorted, {counts['failed']} could not be sorted"
+    )
 
 
 class _Terminated(BaseException):  # like KeyboardInterrupt: not caught by per-file error handling
@@ -178,6 +196,7 @@ def validate(options: PredictOptions, fmt: OutputFormat) -> None:
     if options.workers is not None and options.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {options.workers}")
     failure_limit(options.max_failures, 0)
+    check_threshold(options.threshold)
     if options.resume:
         if options.output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
@@ -187,6 +206,8 @@ def validate(options: PredictOptions, fmt: OutputFormat) -> None:
         check_writable(options.output, "--output")
     if options.manifest is not None:
         check_writable(options.manifest, "--manifest")
+    if options.sort is not None:
+        validate_sort(options.sort)
 
 
 @contextlib.contextmanager
@@ -229,6 +250,7 @@ def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
         "resume": options.resume,
         "max_failures": options.max_failures,
         "shard": options.shard.describe() if options.shard else None,
+        "threshold": options.threshold,
     }
     if options.shard is not None:  # what `imgclassify merge` checks: every shard hashed the same paths
         section["inputs"] = list(options.inputs)
@@ -337,14 +359,29 @@ class _Run:
                 }
             manifest.start(model_section, openvino=self.plan.options.backend is Backend.OPENVINO)
         status = "failed"
+        sorter = records_out = None
+        if options.sort is not None:
+            sorter = Sorter(options.sort, plan_stream=stdout)  # a dry run's plan is data: stdout
+            if options.sort.dry_run and options.output is None:
+                records_out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  stdout holds the plan
         try:
             batches = engine.batches(paths, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers)
             _write_batches(
-                batches, len(paths), options, fmt, header, self.limit, summary, stdout, stderr, self.show_progress
-            )
+                batches, len(paths), options, fmt, header, self.limit, summary, records_out or stdout, stderr,
+                self.show_progress, sorter,
+            )  # fmt: skip
             status = summary.status
         finally:
             summary.elapsed = time.perf_counter() - self.start
+            if sorter is not None:
+                sorter.close()
+                summary.sort = sorter.describe()
+                for path, reason in sorter.counts.failures:
+                    log.warning("%s: not sorted: %s (left where it is)", path, reason)
+                if manifest is not None:
+                    manifest.data["sort"] = summary.sort
+            if records_out is not None:
+                records_out.close()
             if manifest is not None:
                 manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3), engine=engine.describe())
         return summary
@@ -361,6 +398,7 @@ def _write_batches(
     stdout: TextIO,
     stderr: TextIO,
     show_progress: bool,
+    sorter: Sorter | None = None,
 ) -> None:
     """Write the engine's batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
     from tqdm import tqdm
@@ -380,6 +418,10 @@ def _write_batches(
             writer = make_writer(fmt, stream, top_k=options.top_k, model_name=summary.model, header=header)
             try:
                 for batch in batches:
+                    if options.threshold is not None:  # the engines render without one; judged here, once
+                        batch = [judge(record, options.threshold) for record in batch]
+                    if sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
+                        sorter.sort(batch)
                     writer.write(batch)
                     for record in batch:
                         if record.error is None:

@@ -3,7 +3,7 @@
     gunicorn --threads 8 "imgclassify.server:create_app()"   # configured by IMGCLASSIFY_* variables
 
 Routes: ``GET /`` (the tutorial's hint), ``POST /predict`` (multipart field ``file``, repeated
-for several images; ``?top_k=K``), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+for several images; ``?top_k=K``, ``?threshold=P``), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 Every error is JSON with the right status; uploads stay in memory and never reach the disk.
 """
 
@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .errors import ImgclassifyError, UsageError
 from .options import ModelOptions, read_env
 from .records import Prediction
+from .rendering import check_threshold
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -50,6 +52,8 @@ class ServerConfig:
     max_batch_delay_ms: float = 5.0
     request_timeout_s: float = 60.0
     read_timeout_s: float = 30.0  # `imgclassify serve`: a request body that stalls this long is cut off (408)
+    #: default ``?threshold=``: answers whose top-1 probability is below it say ``"confident": false``
+    threshold: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
@@ -58,7 +62,7 @@ class ServerConfig:
         return cls(options=ModelOptions.from_env(env), **read_env(env, kinds))
 
 
-_KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+_KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str, "float | None": float}
 
 
 def require_flask() -> None:
@@ -151,6 +155,7 @@ def create_app(
 
         classifier = load_classifier(config.options)
     classifier.check_top_k(config.top_k)
+    check_threshold(config.threshold)
     info = provenance(classifier, config)
 
     class InMemoryRequest(Request):
@@ -212,9 +217,19 @@ def create_app(
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _error(500, "internal_error", "the server failed to handle this request; see its log")
 
+    page = (resources.files("imgclassify") / "data" / "serve_page.html").read_text(encoding="utf-8")
+
     @app.get("/")
     def root() -> Response:
-        return jsonify(ROOT_MESSAGE)
+        # a browser (text/html preferred over JSON) gets the page; curl (*/*) and API clients the tutorial's JSON
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+            from flask import Response as FlaskResponse
+
+            answer = FlaskResponse(page, mimetype="text/html")
+        else:
+            answer = jsonify(ROOT_MESSAGE)
+        answer.headers["Vary"] = "Accept"
+        return answer
 
     @app.get("/info")
     def info_route() -> Response:
@@ -253,10 +268,16 @@ def create_app(
             classifier.check_top_k(top_k)
         except (ValueError, ImgclassifyError):
             return _error(400, "bad_top_k", f"top_k must be an integer from 1 to {classifier.num_classes}")
+        raw_threshold = request.args.get("threshold")
+        try:
+            threshold = float(raw_threshold) if raw_threshold is not None else config.threshold
+            check_threshold(threshold)
+        except (ValueError, ImgclassifyError):
+            return _error(400, "bad_threshold", "threshold must be a probability from 0 to 1, such as 0.5")
         if not state.ready.wait(timeout=config.request_timeout_s):
             return _error(503, "not_ready", "the model is still loading; retry shortly (see /readyz)")
         g.images = len(uploads)
-        records = _classify(state, uploads, top_k)
+        records = _classify(state, uploads, top_k, threshold)
         for record in records:
             metrics.images.labels("failed" if "error" in record else "classified").inc()
         if len(uploads) == 1:
@@ -278,10 +299,12 @@ def tutorial_record(prediction: Prediction, filename: str | None, model: str, *,
     )
     if with_top_k:
         record["top_k"] = [c.to_dict() for c in prediction.top]
+    if prediction.confident is not None:  # only with a threshold: the tutorial's answer is unchanged without
+        record["confident"] = prediction.confident
     return record
 
 
-def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, Any]]:
+def _classify(state: _State, uploads: list[Any], top_k: int, threshold: float | None = None) -> list[dict[str, Any]]:
     """Decode each upload, batch the good ones through the dynamic batcher, answer in order."""
     import torch
 
@@ -297,7 +320,7 @@ def _classify(state: _State, uploads: list[Any], top_k: int) -> list[dict[str, A
     probs = None
     if tensors:
         probs = state.batcher.submit(torch.stack(tensors)).result(timeout=state.config.request_timeout_s)
-    predictions = classifier.renderer(top_k).render([name or "" for name in names], probs, errors)
+    predictions = classifier.renderer(top_k, threshold).render([name or "" for name in names], probs, errors)
     return [
         tutorial_record(prediction, name, classifier.name, with_top_k=top_k > 1)
         for prediction, name in zip(predictions, names, strict=True)
@@ -321,6 +344,7 @@ def provenance(classifier: Classifier, config: ServerConfig) -> dict[str, Any]:
         "host": host(),
         "server": {
             "top_k": config.top_k,
+            "threshold": config.threshold,
             "max_upload_mb": config.max_upload_mb,
             "max_batch_size": config.max_batch_size,
             "max_batch_delay_ms": config.max_batch_delay_ms,

@@ -14,7 +14,9 @@ from typing import Any, Protocol, TextIO
 
 from .records import Prediction
 
-CSV_COLUMNS = ("path", "class_id", "wnid", "class_name", "probability", "top_k", "error")
+CSV_COLUMNS = ("path", "class_id", "wnid", "class_name", "probability", "top_k", "error", "confident")
+#: the header before ``confident`` was added (still read by ``--resume``)
+CSV_COLUMNS_V1 = CSV_COLUMNS[:-1]
 
 
 class OutputFormat(str, enum.Enum):
@@ -106,6 +108,7 @@ class CsvWriter:
                     row["probability"],
                     top,
                     row["error"],
+                    "" if row["confident"] is None else str(row["confident"]).lower(),
                 ]
             )
         self.stream.flush()
@@ -149,6 +152,8 @@ class TableWriter:
                 continue
             best = p.top[0]
             cls = Text(f"{best.class_name} ({best.class_id})")
+            if p.confident is False:
+                cls.append(" unsure", style="yellow")
             prob = Text(f"{best.probability:.4f}")
             for extra in p.top[1:]:
                 cls.append(f"\n  {extra.class_name} ({extra.class_id})", style="dim")

@@ -323,3 +323,63 @@ def test_concurrent_load_nothing_lost_or_mixed_up(live_server: str) -> None:
         text = r.read().decode()
     line = next(x for x in text.splitlines() if x.startswith('imgclassify_images_total{outcome="classified"}'))
     assert float(line.split()[-1]) >= clients * per_client
+
+
+BROWSER_ACCEPT = (  # Chromium 150's, for a page
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
+    "application/signed-exchange;v=b3;q=0.7"
+)
+
+
+def test_root_gives_browsers_the_page_and_clients_the_json(client) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/", headers={"Accept": BROWSER_ACCEPT})
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert 'id="files"' in text and "predict?top_k=5" in text
+    assert "http://" not in text.replace("http-equiv", "") and "https://" not in text  # nothing from a CDN
+    for accept in ("*/*", "application/json", "application/json, text/html;q=0.5"):
+        answer = client.get("/", headers={"Accept": accept})
+        assert answer.get_json() == ROOT_MESSAGE and answer.headers["Vary"] == "Accept", accept
+
+
+@pytest.mark.slow
+def test_page_in_chromium_classifies_an_upload(live_server: str, tmp_path: Path) -> None:
+    from test_report import CHROMIUM, Chromium
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
+    pytest.importorskip("websocket", reason="websocket-client is not installed (the test extra has it)")
+    browser = Chromium(tmp_path / "chromium-profile")
+    try:
+        browser.send("DOM.enable")
+        browser.send("Page.navigate", url=live_server + "/")
+        deadline = time.monotonic() + 30
+        while browser.js("document.readyState") != "complete" or browser.js("document.title") != "imgclassify":
+            assert time.monotonic() < deadline, browser.js("document.documentElement.outerHTML")[:300]
+            time.sleep(0.1)
+        node = browser.send(
+            "DOM.querySelector", nodeId=browser.send("DOM.getDocument")["root"]["nodeId"], selector="#files"
+        )
+        browser.send("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(SAMPLES / "labrador.jpg")])
+        deadline = time.monotonic() + 60
+        while (
+            browser.js("document.querySelector('.result') && document.querySelector('.result').dataset.state") != "done"
+        ):
+            assert time.monotonic() < deadline, "no answer in the page"
+            time.sleep(0.2)
+        rows = browser.js(
+            "Array.from(document.querySelectorAll('.result .row')).map(r => [Number(r.dataset.classId),"
+            " r.querySelector('.cls').textContent, r.querySelector('.bar span').style.width])"
+        )
+        assert len(rows) == 5 and rows[0][:2] == [208, "Labrador_retriever (208)"]
+        assert float(rows[0][2].rstrip("%")) > 90  # the bar: 92.7%
+        assert browser.js("document.getElementById('model-name').textContent") == "efficientnet_lite0"
+        assert browser.errors() == []
+        shot = browser.send("Page.captureScreenshot", format="png")["data"]
+        import base64
+
+        (tmp_path / "serve_page.png").write_bytes(base64.b64decode(shot))
+        if os.environ.get("IMGCLASSIFY_SCREENSHOT_DIR"):
+            shutil.copy(tmp_path / "serve_page.png", os.environ["IMGCLASSIFY_SCREENSHOT_DIR"])
+    finally:
+        browser.close()

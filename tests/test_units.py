@@ -41,8 +41,8 @@ def test_recorded_paths_jsonl_stops_at_a_line_that_is_not_a_record(tmp_path: Pat
 
 def test_recorded_paths_csv_quoted_newlines_and_cut_record(tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
-    header = "path,class_id,wnid,class_name,probability,top_k,error\n"
-    rows = '"odd\nname.jpg",1,,x,0.5,,\nplain.jpg,,,,,,file not found\n'
+    header = "path,class_id,wnid,class_name,probability,top_k,error,confident\n"
+    rows = '"odd\nname.jpg",1,,x,0.5,,,false\nplain.jpg,,,,,,file not found,\n'
     out.write_text(header + rows + '"cut, in')
     done, has_header = recorded_paths(out, OutputFormat.CSV)
     assert done == {"odd\nname.jpg", "plain.jpg"} and has_header

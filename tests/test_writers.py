@@ -135,3 +135,23 @@ def test_table_lists_every_file_with_model_title(monkeypatch: pytest.MonkeyPatch
     assert text.count("path") == 1  # one header for all batches
     assert "photos/kitten.jpg" in text and "tiger_cat (282)" in text and "0.5585" in text and "tabby (281)" in text
     assert "error: truncated image file" in text
+
+
+JUDGED = [
+    Prediction("sure.jpg", (Candidate(208, "n02099712", "Labrador_retriever", 0.926773),), confident=True),
+    Prediction("unsure.jpg", (Candidate(282, "n02123159", "tiger_cat", 0.558486),), confident=False),
+    Prediction("broken.jpg", error="truncated image file"),
+]
+
+
+def test_confident_in_every_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    jsonl = [json.loads(line) for line in render(OutputFormat.JSONL, 1, [JUDGED]).splitlines()]
+    assert [r["confident"] for r in jsonl] == [True, False, None]
+    assert list(jsonl[0])[-1] == "confident"  # the last key, after error
+    assert [r["confident"] for r in json.loads(render(OutputFormat.JSON, 1, [JUDGED]))] == [True, False, None]
+    rows = list(csv.reader(io.StringIO(render(OutputFormat.CSV, 1, [JUDGED]), newline="")))
+    assert rows[0][-1] == "confident" and [r[-1] for r in rows[1:]] == ["true", "false", ""]
+    monkeypatch.setenv("COLUMNS", "150")
+    table = render(OutputFormat.TABLE, 1, [JUDGED]).splitlines()
+    assert "tiger_cat (282) unsure" in next(line for line in table if "unsure.jpg" in line)
+    assert "unsure" not in next(line for line in table if "sure.jpg" in line and "unsure.jpg" not in line)
