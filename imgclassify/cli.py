@@ -21,7 +21,8 @@ import typer
 from . import __version__
 from .backends import Backend
 from .devices import Precision, validate_device
-from .errors import ImgclassifyError
+from .engines import EngineKind
+from .errors import ImgclassifyError, UsageError
 from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 from .options import ModelOptions
 from .writers import OutputFormat
@@ -278,6 +279,30 @@ def predict(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    engine: Annotated[
+        EngineKind,
+        typer.Option(
+            "--engine",
+            help="Where the model runs: local (this process), or ray (a Ray cluster; the imgclassify[ray] extra).",
+        ),
+    ] = EngineKind.LOCAL,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address",
+            help="With --engine ray: the cluster (host:port or ray://...). Default: $RAY_ADDRESS, else a local Ray for this run.",
+            show_default=False,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        Optional[int],
+        typer.Option(
+            "--ray-actors",
+            min=1,
+            help="With --engine ray: model copies (actors). Default: one per GPU, else half the cluster's CPUs.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
     from .runner import PredictOptions, run_predict
@@ -288,9 +313,13 @@ def predict(
     options = PredictOptions(
         inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
         top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
-        quiet=quiet, progress=progress, tune_process=True,
+        quiet=quiet, progress=progress, tune_process=True, engine=engine,
     )  # fmt: skip
     with reporting_errors():
+        if engine is EngineKind.RAY:
+            options.engine_settings = {"address": ray_address, "actors": ray_actors}
+        elif ray_address is not None or ray_actors is not None:
+            raise UsageError("--ray-address and --ray-actors need --engine ray")
         summary = run_predict(options)
     if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)
