@@ -6,7 +6,8 @@ as a local run: uint8 arrays, or an error string per file); the model in an acto
 (:class:`ModelActor`: one classifier per actor, built from the pickled
 :class:`~imgclassify.model_plan.ModelPlan`); top-k candidates back to the driver in input order
 (``preserve_order``), where the runner writes them as for a local run. Actors that die are
-restarted and their batches retried by Ray (``max_restarts`` / ``max_task_retries``); the
+restarted and their batches retried by Ray (Ray Data's actor pools default to unlimited
+``max_restarts`` and ``max_task_retries``; decode tasks retry too); the
 driver still writes each input once (:class:`InOrder`).
 
 The driver does not load the model: the labels come from the plan (a ``--weights`` file without
@@ -150,6 +151,7 @@ class RayEngine:
         address: str | None = None,
         actors: int | None = None,
         actor_cpus: float = 1.0,
+        actor_resources: dict[str, float] | None = None,
         init_options: dict[str, Any] | None = None,
         tune_process: bool = False,  # the driver runs no model: nothing to tune
     ) -> None:
@@ -159,6 +161,7 @@ class RayEngine:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.actors = actors
         self.actor_cpus = actor_cpus
+        self.actor_resources = actor_resources
         self.init_options = init_options or {}
         self.owns_ray = False
         self.connected = False
@@ -271,15 +274,19 @@ class RayEngine:
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
-                concurrency=actors,
+                compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=self.actor_cpus,
                 num_gpus=self.gpus_per_actor,
-                max_restarts=-1,
-                max_task_retries=-1,
+                resources=self.actor_resources,
+                # Ray Data's defaults for actor pools: max_restarts=-1, max_task_retries=-1 (a dead
+                # actor is restarted and its batches retried); passing them is deprecated
             )
         )
         labels = self.label_set.labels
         order = InOrder(len(paths))
+        data_log = logging.getLogger("ray.data")
+        level = data_log.level
+        data_log.setLevel(logging.ERROR)  # Ray Data's INFO lines about its plan: not for our stderr
         try:
             for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 ready: list[tuple[Prediction, str]] = []
@@ -291,6 +298,8 @@ class RayEngine:
                     yield [record for record, _ in ready]
         except ray.exceptions.RayError as exc:
             raise EngineError(f"the Ray run failed: {' '.join(str(exc).split())[:400]}") from None
+        finally:
+            data_log.setLevel(level)
         if order.duplicates:
             log.info("ray: %d duplicate records (retried batches) dropped", order.duplicates)
         lost = order.missing()
