@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imgclassify")
 
+#: memory each decode task reserves on its node
+DECODE_TASK_MEMORY = 256 * 1024 * 1024
 #: what a lost input's record says (never expected: Ray retries failed tasks)
 LOST = "not returned by the Ray cluster (a task failed for good); run again with --resume"
 
@@ -264,6 +266,9 @@ class RayEngine:
                 fn_kwargs={"decoder": decoder},
                 batch_size=batch_size,
                 batch_format="numpy",
+                # declared memory (a camera photo decodes to tens of MB); it also keeps Ray Data
+                # from fusing decoding into the actors, where it would wait for the model
+                memory=DECODE_TASK_MEMORY,
             )
             .map_batches(
                 ModelActor,
