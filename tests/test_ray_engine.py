@@ -37,7 +37,7 @@ def cluster() -> Iterator[Any]:
     nodes.add_node(num_cpus=2, object_store_memory=200 * MB)
     nodes.wait_for_nodes()
     yield nodes
-    nodes.shutdown()
+    nodes.shutdown()  # type: ignore[no-untyped-call]
 
 
 def start_predict(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
@@ -82,7 +82,7 @@ def test_two_nodes_give_the_local_records(cluster: Any, lite0: Any, tmp_path: Pa
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert stdout == ""
-    got = parse_jsonl(out.read_text())
+    got: list[dict[str, Any]] = parse_jsonl(out.read_text())
     expected = [p.to_dict(top_k=True) for p in lite0.predict(photos, top_k=3)]
     assert [r["path"] for r in got] == photos  # input order
     for record, local in zip(got, expected, strict=True):
