@@ -116,16 +116,24 @@ def main() -> None:
     cores = os.cpu_count() or 1
     common = ["-m", args.model, "-b", str(args.batch_size), "--device", "cpu"]
     rows: list[tuple[str, float, float, int]] = []
+
+    def report(name: str, result: tuple[float, float, int]) -> None:
+        rows.append((name, *result))
+        print(f"{name}: {result[2]} records, whole run {result[0]:.1f}s, steady {result[1]:.1f} img/s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_corpus(Path(tmp) / "corpus", args.images)
-        print(f"# scaleout: {args.model}, {args.images} images, batch {args.batch_size}; CPU: {cpu_description()}")
+        print(
+            f"# scaleout: {args.model}, {args.images} images, batch {args.batch_size}; CPU: {cpu_description()}",
+            flush=True,
+        )
         init, shutdown = ray_startup(env)
         print(
             f"ray start-up (fresh process, import + ray.init of a local Ray): {init:.1f}s; ray.shutdown: {shutdown:.1f}s"
         )
 
         local = run([*paths, *common], env)
-        rows.append(("local engine, 1 process", *local))
+        report("local engine, 1 process", local)
 
         half = len(paths) // 2
         if has_shard_option(env):
@@ -133,9 +141,9 @@ def main() -> None:
         else:
             how, parts = "halves", [paths[:half], paths[half:]]
         started = time.perf_counter()
-        rows.append((f"local engine, 2 processes ({how})", *timed([start([*p, *common], env) for p in parts], started)))
+        report(f"local engine, 2 processes ({how})", timed([start([*p, *common], env) for p in parts], started))
 
-        rows.append(("ray engine, own local Ray (start-up included)", *run([*paths, *common, "--engine", "ray"], env)))
+        report("ray engine, own local Ray (start-up included)", run([*paths, *common, "--engine", "ray"], env))
 
         cluster = Cluster(
             initialize_head=True,
@@ -143,9 +151,9 @@ def main() -> None:
         )
         try:
             address = ["--engine", "ray", "--ray-address", cluster.address]
-            for actors in sorted({max(1, cores // 2), cores}):
+            for actors in sorted({max(1, cores // 2), max(1, cores - 1)}):  # a CPU stays for decoding
                 result = run([*paths, *common, *address, "--ray-actors", str(actors)], env)
-                rows.append((f"ray engine, running cluster, {actors} actor(s)", *result))
+                report(f"ray engine, running cluster, {actors} actor(s)", result)
         finally:
             cluster.shutdown()  # type: ignore[no-untyped-call]
 

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from conftest import LABELLED, parse_jsonl
-
-pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+from imgclassify.cli import app
+from imgclassify.engines.ray import InOrder, check_cpus_left
+from imgclassify.errors import UsageError
+from imgclassify.records import Prediction
 
 MB = 1024 * 1024
 ACTOR_TITLE = b"ray::MapWorker(MapBatches(ModelActor))"
@@ -28,6 +29,7 @@ ACTOR_TITLE = b"ray::MapWorker(MapBatches(ModelActor))"
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """Two Ray nodes on this machine, 2 CPUs each (one model actor + decoding), small object stores."""
+    pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
     nodes = Cluster(
@@ -73,6 +75,7 @@ def actor_pids(cluster: Any) -> list[int]:
     return sorted(pids)
 
 
+@pytest.mark.slow
 def test_two_nodes_give_the_local_records(cluster: Any, lite0: Any, tmp_path: Path) -> None:
     photos = sorted(str(p) for p in LABELLED.iterdir())
     out = tmp_path / "ray.jsonl"
@@ -101,6 +104,7 @@ def test_two_nodes_give_the_local_records(cluster: Any, lite0: Any, tmp_path: Pa
     assert manifest["status"] == "complete" and manifest["counts"]["classified"] == 50
 
 
+@pytest.mark.slow
 def test_a_killed_actor_loses_nothing(cluster: Any, tmp_path: Path) -> None:
     photos = sorted(LABELLED.iterdir())
     corpus = tmp_path / "corpus"
@@ -127,3 +131,28 @@ def test_a_killed_actor_loses_nothing(cluster: Any, tmp_path: Path) -> None:
     assert [r["path"] for r in records if r["error"]] == [str(corpus / "img050.jpg")]
     assert proc.returncode == 1  # the one bad file
     assert victims[0] not in actor_pids(cluster)
+
+
+def test_in_order_writes_each_index_once_in_input_order() -> None:
+    order = InOrder(5)
+    got = []
+    for index in [1, 0, 0, 3, 1, 2, 3, 7]:  # out of order, retried duplicates, an unknown index
+        got += [record.path for record, _ in order.add(index, Prediction(f"p{index}"), "node")]
+    assert got == ["p0", "p1", "p2", "p3"]
+    assert order.duplicates == 4
+    assert order.missing() == [4]
+
+
+def test_actors_must_leave_a_cpu_for_decoding() -> None:
+    check_cpus_left(3, 1.0, 4)
+    with pytest.raises(
+        UsageError,
+        match="--ray-actors 2 leaves no CPU for decoding on a Ray cluster of 2 CPUs; give --ray-actors 1 or less",
+    ):
+        check_cpus_left(2, 1.0, 2)
+
+
+def test_ray_options_need_the_ray_engine(runner) -> None:  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, ["predict", str(LABELLED), "--ray-actors", "2"])
+    assert result.exit_code == 2
+    assert "imgclassify: error: --ray-address and --ray-actors need --engine ray" in result.stderr

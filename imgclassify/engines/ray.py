@@ -117,6 +117,16 @@ def to_record(path: str, block: dict[str, np.ndarray], row: int, labels: Labels)
     )
 
 
+def check_cpus_left(actors: int, actor_cpus: float, cluster_cpus: float) -> None:
+    """The actors must leave a CPU for the decode tasks, or the run waits forever."""
+    if cluster_cpus - actors * actor_cpus < 1:
+        most = max(0, int((cluster_cpus - 1) // actor_cpus))
+        raise UsageError(
+            f"--ray-actors {actors} leaves no CPU for decoding on a Ray cluster of {cluster_cpus:g} CPUs; "
+            f"give --ray-actors {most} or less" + ("" if most else ", or add nodes")
+        )
+
+
 class InOrder:
     """Records by input index -> in input order, each index once (duplicates from retries dropped)."""
 
@@ -252,11 +262,12 @@ class RayEngine:
         context = DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False  # the runner shows its own
+        resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 0)
         if self.actors is None:  # one per GPU, else half the CPUs (the other half decodes)
-            resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-            self.actors = gpus if self.gpus_per_actor else max(1, cpus // 2)
+            self.actors = gpus if self.gpus_per_actor else max(1, int(cpus // 2))
         actors = self.actors
+        check_cpus_left(actors, self.actor_cpus, cpus)
         plan = dataclasses.replace(self.plan, options=self.plan.options.replace(device=self.device))
         decoder = Decoder(plan.preprocess, plan.options.decode)
         dataset = (
