@@ -21,6 +21,7 @@ import typer
 from . import __version__
 from .backends import Backend
 from .devices import Precision, validate_device
+from .engines import EngineKind
 from .errors import ImgclassifyError, UsageError
 from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 from .options import ModelOptions
@@ -317,6 +318,30 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    engine: Annotated[
+        EngineKind,
+        typer.Option(
+            "--engine",
+            help="Where the model runs: local (this process), or ray (a Ray cluster; the imgclassify[ray] extra).",
+        ),
+    ] = EngineKind.LOCAL,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address",
+            help="With --engine ray: the cluster (host:port or ray://...). Default: $RAY_ADDRESS, else a local Ray for this run.",
+            show_default=False,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        Optional[int],
+        typer.Option(
+            "--ray-actors",
+            min=1,
+            help="With --engine ray: model copies (actors). Default: one per GPU, else half the cluster's CPUs.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
     from .runner import PredictOptions, run_predict
@@ -326,11 +351,14 @@ def predict(
     _setup_logging(quiet)
     tune_allocator()
     with reporting_errors():
+        if engine is not EngineKind.RAY and (ray_address is not None or ray_actors is not None):
+            raise UsageError("--ray-address and --ray-actors need --engine ray")
         options = PredictOptions(
             inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
             top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
             quiet=quiet, progress=progress, tune_process=True, shard=Shard.parse(shard) if shard is not None else None,
-            threshold=threshold, sort=_sort_options(sort_into, sort_mode, dry_run),
+            threshold=threshold, sort=_sort_options(sort_into, sort_mode, dry_run), engine=engine,
+            engine_settings={"address": ray_address, "actors": ray_actors} if engine is EngineKind.RAY else {},
         )  # fmt: skip
         summary = run_predict(options)
     if not quiet:

@@ -54,5 +54,9 @@ class DeviceError(ImgclassifyError):
     exit_code = 2
 
 
+class EngineError(ImgclassifyError):
+    """The engine failed mid-run (a Ray cluster lost, a task failing for good): exit code 1."""
+
+
 class ImageError(ImgclassifyError):
     """One input file could not be read or decoded. Becomes an error record, never a crash."""

@@ -24,6 +24,7 @@ class EngineKind(str, enum.Enum):
     """``--engine``."""
 
     LOCAL = "local"
+    RAY = "ray"
 
 
 class Engine(Protocol):
@@ -52,6 +53,10 @@ class Engine(Protocol):
 
 def create_engine(kind: EngineKind, plan: ModelPlan, **settings: Any) -> Engine:
     """The engine for ``kind``; ``settings`` are the engine's own options."""
+    if kind is EngineKind.RAY:
+        from .ray import RayEngine
+
+        return RayEngine(plan, **settings)
     from .local import LocalEngine
 
     return LocalEngine(plan, **settings)
