@@ -66,7 +66,13 @@ def create_backend(
     from .oom import HalvingOnOutOfMemory
 
     backend: InferenceBackend
-    if kind is Backend.OPENVINO:
+    if precision is Precision.INT8:  # with either --backend: quantized with NNCF, run by OpenVINO
+        from .openvino_int8 import OpenVinoInt8Backend
+
+        backend = OpenVinoInt8Backend(
+            model, preprocess=preprocess, device=device, model_name=model_name, weights_file=weights_file
+        )
+    elif kind is Backend.OPENVINO:
         from .openvino import OpenVinoBackend
 
         backend = OpenVinoBackend(
