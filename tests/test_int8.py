@@ -9,13 +9,16 @@ mix int8 and fp32 records.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import LABELLED, SAMPLES
+from conftest import LABELLED, ROOT, SAMPLES
 from imgclassify.calibration import calibration_photos, calibration_sha256, calibration_views
 from imgclassify.cli import app
 from imgclassify.labels import imagenet_labels
@@ -50,6 +53,48 @@ def _hits(preds: list[Any]) -> int:
 
 
 @pytest.mark.slow
+def test_int8_first_run_quantizes_and_stdout_has_only_records(int8_cache: Path) -> None:
+    """The first run quantizes (NNCF logs and draws progress bars on stdout: kept off it)."""
+    env = {**os.environ, "IMGCLASSIFY_CACHE": str(int8_cache), "IMGCLASSIFY_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "imgclassify",
+        "predict",
+        str(SAMPLES / "labrador.jpg"),
+        str(SAMPLES / "kitten.jpg"),
+    ]
+    out = subprocess.run(
+        [*command, "-m", "efficientnet_lite0", "--precision", "int8", "-f", "jsonl"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(records) == 2 and records[0]["class_id"] == 208 and 281 <= records[1]["class_id"] <= 285
+    assert list((int8_cache / "openvino-int8").glob("*.xml"))  # it did quantize, in this run
+
+
+@pytest.mark.slow
+def test_int8_manifest_and_resume(int8_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLASSIFY_CACHE", str(int8_cache))
+    runner = CliRunner()
+    out = tmp_path / "out.jsonl"
+    photo = str(SAMPLES / "labrador.jpg")
+    result = runner.invoke(app, ["predict", photo, "-m", "efficientnet_lite0", "--precision", "int8", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(out.read_text())["class_id"] == 208  # Labrador_retriever
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert (manifest["device"], manifest["precision"]) == ("cpu", "int8")
+    assert manifest["quantization"]["calibration_sha256"] == calibration_sha256(LITE0)
+    assert manifest["quantization"]["calibration_images"] == 300
+    assert manifest["versions"]["nncf"] and manifest["versions"]["openvino"]
+    before = out.read_bytes()
+    result = runner.invoke(app, ["predict", photo, "-m", "efficientnet_lite0", "-o", str(out), "--resume"])
+    assert result.exit_code == 2
+    assert "precision: int8 -> fp32" in result.stderr and "calibration sha256: " in result.stderr
+    assert out.read_bytes() == before
+
+
+@pytest.mark.slow
 def test_int8_accuracy_and_cache(lite0, int8_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     from imgclassify import load_classifier
 
@@ -75,24 +120,3 @@ def test_int8_accuracy_and_cache(lite0, int8_cache: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(nncf, "quantize", refuse)
     again = load_classifier("efficientnet_lite0", device="cpu", precision="int8")
     assert [p.class_id for p in again.predict(photos[:8], batch_size=8)] == [p.class_id for p in int8[:8]]
-
-
-@pytest.mark.slow
-def test_int8_manifest_and_resume(int8_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("IMGCLASSIFY_CACHE", str(int8_cache))
-    runner = CliRunner()
-    out = tmp_path / "out.jsonl"
-    photo = str(SAMPLES / "labrador.jpg")
-    result = runner.invoke(app, ["predict", photo, "-m", "efficientnet_lite0", "--precision", "int8", "-o", str(out)])
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(out.read_text())["class_id"] == 208  # Labrador_retriever
-    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
-    assert (manifest["device"], manifest["precision"]) == ("cpu", "int8")
-    assert manifest["quantization"]["calibration_sha256"] == calibration_sha256(LITE0)
-    assert manifest["quantization"]["calibration_images"] == 300
-    assert manifest["versions"]["nncf"] and manifest["versions"]["openvino"]
-    before = out.read_bytes()
-    result = runner.invoke(app, ["predict", photo, "-m", "efficientnet_lite0", "-o", str(out), "--resume"])
-    assert result.exit_code == 2
-    assert "precision: int8 -> fp32" in result.stderr and "calibration sha256: " in result.stderr
-    assert out.read_bytes() == before

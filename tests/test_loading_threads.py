@@ -61,3 +61,21 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_threads(100, 8, workers=0) == 4
     monkeypatch.setenv("IMGCLASSIFY_DECODE_THREADS", "0")
     assert default_threads(100, 8, workers=0) == 0
+
+
+def test_precision_advice_follows_the_cpu() -> None:
+    from imgclassify.advice import precision_warning, speed_precision
+    from imgclassify.capabilities import CpuFeatures
+    from imgclassify.devices import Precision
+
+    cascade_lake = CpuFeatures("Xeon", 2, avx2=True, avx512=True, avx512_bf16=False, amx=False, vnni=True)
+    zen4 = CpuFeatures("EPYC", 2, avx2=True, avx512=True, avx512_bf16=True, amx=False, vnni=True)
+    old = CpuFeatures("Core", 4, avx2=True, avx512=False, avx512_bf16=False, amx=False, vnni=False)
+    assert "bf16 is emulated" in (precision_warning(Precision.BF16, "cpu", cascade_lake) or "")
+    assert "use --precision int8" in (precision_warning(Precision.BF16, "cpu", cascade_lake) or "")
+    assert "use fp32" in (precision_warning(Precision.BF16, "cpu", old) or "")
+    assert precision_warning(Precision.BF16, "cpu", zen4) is None
+    assert precision_warning(Precision.BF16, "cuda", cascade_lake) is None
+    assert "no int8 dot products" in (precision_warning(Precision.INT8, "cpu", old) or "")
+    assert precision_warning(Precision.INT8, "cpu", cascade_lake) is None
+    assert [speed_precision(c) for c in (cascade_lake, zen4, old)] == [Precision.INT8, Precision.INT8, Precision.FP32]

@@ -10,8 +10,10 @@ OpenVINO still runs int8, more slowly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,10 +105,18 @@ class OpenVinoInt8Backend(OpenVinoBackend):
         for view in calibration_views(self.preprocess):
             x = self.normalize(torch.from_numpy(view).unsqueeze(0))
             inputs.append(np.ascontiguousarray(x.numpy()))
-        quantized = nncf.quantize(
-            fp32, nncf.Dataset(inputs), subset_size=len(inputs), preset=nncf.QuantizationPreset.MIXED,
-            fast_bias_correction=True,
-        )  # fmt: skip
+        # stdout carries records only: NNCF logs and draws its progress bars on stdout
+        nncf_log = logging.getLogger("nncf")
+        level = nncf_log.level
+        nncf_log.setLevel(logging.CRITICAL + 1)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                quantized = nncf.quantize(
+                    fp32, nncf.Dataset(inputs), subset_size=len(inputs), preset=nncf.QuantizationPreset.MIXED,
+                    fast_bias_correction=True,
+                )  # fmt: skip
+        finally:
+            nncf_log.setLevel(level)
         self.int8_xml.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.int8_xml.with_suffix(f".tmp{os.getpid()}.xml")
         ov.save_model(quantized, tmp, compress_to_fp16=False)
