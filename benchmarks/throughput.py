@@ -3,22 +3,21 @@ predict` end to end, in ONE run on one corpus, so the ratios compare like with l
 
     python benchmarks/throughput.py [--model densenet121] [--images 500] [--device cpu]
                                     [--batch-size 8] [--configs default bf16 ...] [--memory]
-                                    [--corpus imagenet|camera]
-
-With ``--device cuda`` the tutorial loop and the pure model run on the GPU too, and a GPU
-utilization column is added (the mean while the tool ran); ``fp16`` and ``cpu-decode`` (GPU
-decoding off: IMGCLASSIFY_GPU_DECODE=0) are configs for that case. ``--corpus camera`` uses
-4032x3024 JPEGs instead of ImageNet-sized photos.
 
 Works offline: the model gets random weights saved to a temporary file (speed does not depend
 on the weights' values). The corpus is built from the sample photos: varied sizes, some PNGs,
-a grayscale image. Prints a Markdown table: images/s, peak RSS, tool/seed and tool/pure ratios.
+a grayscale image. Prints the CPU it detected, the tutorial's loop in-process and as a whole
+process over the corpus (its start-up counted), the decode cost per image, and a Markdown table:
+the pure model, the limit of the cores' budget (decode + model), the tool's steady rate, whole
+runs against the tutorial's whole process, first record, peak RSS. Configs this CPU cannot run
+(OpenVINO bf16 without bf16 hardware) are skipped; emulated ones are marked.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import random
 import shutil
 import subprocess
@@ -33,9 +32,10 @@ SOURCES = sorted((ROOT / "samples").glob("*.jpg")) + sorted(
 )
 EXE = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
 
-#: name -> extra `imgclassify predict` options
+#: name -> extra `imgclassify predict` options (``NAME=VALUE`` items are environment variables)
 CONFIGS = {
     "default": [],
+    "threads=0": ["IMGCLASSIFY_DECODE_THREADS=0"],
     "workers=1": ["--workers", "1"],
     "bf16": ["--precision", "bf16"],
     "openvino": ["--backend", "openvino"],
@@ -44,12 +44,29 @@ CONFIGS = {
     "openvino-bf16-workers=0": ["--backend", "openvino", "--precision", "bf16", "--workers", "0"],
     "openvino-bf16-workers=1": ["--backend", "openvino", "--precision", "bf16", "--workers", "1"],
     "bf16-workers=1": ["--precision", "bf16", "--workers", "1"],
-    "fp16": ["--precision", "fp16"],
-    "cpu-decode": [],  # with IMGCLASSIFY_GPU_DECODE=0 (CUDA runs): Pillow in worker processes
-    "bf16-cpu-decode": ["--precision", "bf16"],
+    "int8": ["--precision", "int8"],
+    "int8-workers=0": ["--precision", "int8", "--workers", "0"],
+    "int8-workers=0-threads=0": ["--precision", "int8", "--workers", "0", "IMGCLASSIFY_DECODE_THREADS=0"],
 }
-#: configs run with extra environment variables
-CONFIG_ENV = {"cpu-decode": {"IMGCLASSIFY_GPU_DECODE": "0"}, "bf16-cpu-decode": {"IMGCLASSIFY_GPU_DECODE": "0"}}
+
+
+def split_config(extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    env = dict(item.split("=", 1) for item in extra if "=" in item and not item.startswith("-"))
+    return [item for item in extra if item.split("=", 1)[0] not in env], env
+
+
+def unsupported(extra: list[str]) -> str | None:
+    """Why this CPU cannot run a config well (None: it can)."""
+    from imgclassify.capabilities import cpu_features
+
+    cpu = cpu_features()
+    if "bf16" in extra and not cpu.fast_bf16:
+        if "openvino" in extra:
+            return "skipped: OpenVINO refuses bf16 on a CPU without AVX-512 BF16 or AMX"
+        return "emulated: no AVX-512 BF16 or AMX, torch emulates bf16"
+    if "int8" in extra and not (cpu.vnni or cpu.amx):
+        return "no VNNI or AMX: int8 without int8 dot products"
+    return None
 
 
 def build_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -85,7 +102,7 @@ def random_weights(model: str, folder: Path) -> Path:
     return path
 
 
-def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu") -> float:
+def seed_loop(model: str, weights: Path, paths: list[Path]) -> float:
     """The tutorial's way: one image at a time, PIL, Resize(255), no inference_mode, no batching."""
     import torch
     import torchvision.transforms as transforms
@@ -95,7 +112,7 @@ def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu")
     from imgclassify.registry import get_spec
 
     net, _ = build_with_state(get_spec(model), torch.load(weights, weights_only=True))
-    net.eval().to(device)
+    net.eval()
     tf = transforms.Compose(
         [transforms.Resize(255), transforms.CenterCrop(224), transforms.ToTensor(),
          transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
@@ -103,9 +120,50 @@ def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu")
     start = time.perf_counter()
     for path in paths:
         image = Image.open(path).convert("RGB")
-        outputs = net.forward(tf(image).unsqueeze(0).to(device))
-        outputs.max(1)[1].item()  # as the tutorial returns the class: waits for the GPU too
+        outputs = net.forward(tf(image).unsqueeze(0))
+        outputs.max(1)
     return len(paths) / (time.perf_counter() - start)
+
+
+def tutorial_process(model: str, weights: Path, folder: Path, expected: int) -> dict[str, float]:
+    """The tutorial's loop as a whole process over ``folder`` (its start-up counted), one line per image."""
+    return run_command([sys.executable, __file__, "--tutorial-run", model, str(weights), str(folder)], expected, {})
+
+
+def tutorial_main(model: str, weights: str, folder: str) -> None:
+    net_loop(model, Path(weights), sorted(Path(folder).iterdir()))
+
+
+def net_loop(model: str, weights: Path, paths: list[Path]) -> None:
+    import torch
+    import torchvision.transforms as transforms
+    from PIL import Image
+
+    from imgclassify.architectures import build_with_state
+    from imgclassify.registry import get_spec
+
+    net, _ = build_with_state(get_spec(model), torch.load(weights, weights_only=True))
+    net.eval()
+    tf = transforms.Compose(
+        [transforms.Resize(255), transforms.CenterCrop(224), transforms.ToTensor(),
+         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )  # fmt: skip
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        outputs = net.forward(tf(image).unsqueeze(0))
+        print(path.name, int(outputs.max(1)[1]), flush=True)
+
+
+def decode_cost_ms(model: str, paths: list[Path]) -> float:
+    """Decode + preprocess, one core (this thread), ms per image over ``paths``."""
+    from imgclassify.loading import Decoder
+    from imgclassify.registry import get_spec
+
+    decoder = Decoder(get_spec(model).preprocess)
+    start = time.perf_counter()
+    for path in paths:
+        decoder.try_decode(str(path))
+    return (time.perf_counter() - start) * 1000 / len(paths)
 
 
 def pure_model(
@@ -118,9 +176,7 @@ def pure_model(
 
     clf = load_classifier(model, weights=weights, device=device, precision=precision, backend=backend)
     size = clf.preprocess_config.crop_size
-    batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8).to(
-        clf.device
-    )  # as GPU decoding hands it
+    batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     clf.plan_batches(batch_size)  # as the tool does on a long run
     clf.forward_uint8(batch)
     done, start = 0, time.perf_counter()
@@ -130,16 +186,15 @@ def pure_model(
     return done / (time.perf_counter() - start)
 
 
-def run_tool(args: list[str], expected: int, extra_env: dict[str, str] | None = None) -> dict[str, float]:
+def run_tool(args: list[str], expected: int, env: dict[str, str] | None = None) -> dict[str, float]:
     """`imgclassify predict ... -f jsonl` as a subprocess; times to first and last record, peak RSS."""
-    env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1", **(extra_env or {})}
-    sampler = None
-    if "cuda" in args:
-        from gpu_stats import UtilizationSampler
+    return run_command([EXE, "predict", *args, "-f", "jsonl", "-q"], expected, env or {})
 
-        sampler = UtilizationSampler().__enter__()
+
+def run_command(command: list[str], expected: int, extra_env: dict[str, str]) -> dict[str, float]:
+    env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1", **extra_env}
     start = time.perf_counter()
-    proc = subprocess.Popen([EXE, "predict", *args, "-f", "jsonl", "-q"], stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     first = None
     lines = 0
@@ -149,99 +204,91 @@ def run_tool(args: list[str], expected: int, extra_env: dict[str, str] | None = 
             first = time.perf_counter() - start
     total = time.perf_counter() - start
     _, status, usage = os.wait4(proc.pid, 0)
-    gpu_util = float("nan")
-    if sampler is not None:
-        sampler.__exit__(None, None, None)
-        gpu_util = sampler.mean if sampler.mean is not None else float("nan")
     if lines != expected:
         raise SystemExit(f"expected {expected} records, got {lines} (status {status})")
     first = first or total
     steady = (lines - 1) / (total - first) if total > first and lines > 1 else float("nan")
-    return {
-        "wall": total, "first": first, "rate_wall": lines / total, "rate": steady, "rss_mb": usage.ru_maxrss / 1024,
-        "gpu_util": gpu_util,
-    }  # fmt: skip
+    return {"wall": total, "first": first, "rate_wall": lines / total, "rate": steady, "rss_mb": usage.ru_maxrss / 1024}
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--tutorial-run":
+        tutorial_main(*sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="densenet121")
     parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--seed-images", type=int, default=100, help="images for the (slow) tutorial loop")
+    parser.add_argument("--seed-images", type=int, default=100, help="images for the in-process tutorial loop")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
-        "--configs", nargs="+", default=["default", "workers=1", "bf16", "bf16-workers=1"], choices=sorted(CONFIGS)
+        "--configs", nargs="+", default=["default", "threads=0", "bf16", "int8"], choices=sorted(CONFIGS)
     )
     parser.add_argument("--pure-seconds", type=float, default=10.0)
     parser.add_argument("--memory", action="store_true", help="also compare peak RSS over 200 and 2,000 images")
-    parser.add_argument("--corpus", choices=["imagenet", "camera"], default="imagenet", help="photo sizes")
     args = parser.parse_args()
+    from imgclassify.capabilities import cpu_description, cpu_features
 
     tmp = Path(tempfile.mkdtemp(prefix="imgclassify-bench-"))
-    os.environ["IMGCLASSIFY_CACHE"] = str(tmp / "cache")  # OpenVINO converts once per run, in the pure-model step
+    os.environ["IMGCLASSIFY_CACHE"] = str(tmp / "cache")  # OpenVINO converts (int8: quantizes) in the pure-model step
     try:
-        if args.corpus == "camera":
-            from gpu_stats import build_camera_corpus
-
-            paths = build_camera_corpus(tmp / "corpus", args.images, SOURCES)
-        else:
-            paths = build_corpus(tmp / "corpus", args.images)
+        paths = build_corpus(tmp / "corpus", args.images)
         weights = random_weights(args.model, tmp)
-        common = [
-            str(tmp / "corpus"),
-            "-m",
-            args.model,
-            "--weights",
-            str(weights),
-            "-d",
-            args.device,
-            "-b",
-            str(args.batch_size),
-        ]
-        gpu = args.device.startswith("cuda")
-        from imgclassify.capabilities import cpu_description
-
-        cpu = cpu_description()
-        if gpu:
-            import torch
-
-            cpu += f"; GPU: {torch.cuda.get_device_name(args.device)}"
-        print(
-            f"# throughput: {args.model}, {args.images} images, batch {args.batch_size}, {args.device}, {cpu}, {os.cpu_count()} CPUs"
-        )
-        seed = seed_loop(args.model, weights, paths[: args.seed_images], args.device)
-        print(f"tutorial loop: {seed:.1f} images/s over {min(args.seed_images, len(paths))} images", flush=True)
+        common = [str(tmp / "corpus"), "-m", args.model, "--weights", str(weights), "-d", args.device,
+                  "-b", str(args.batch_size)]  # fmt: skip
+        cores = cpu_features().cores
+        print(f"# throughput: {args.model}, {args.images} images, batch {args.batch_size}, {args.device}")
+        print(f"# CPU: {cpu_description()} (fast bf16: {cpu_features().fast_bf16})")
+        print(f"# {platform.python_version()}, {platform.platform(terse=True)}")
+        seed = seed_loop(args.model, weights, paths[: args.seed_images])
+        print(f"tutorial loop, in-process: {seed:.1f} images/s over {min(args.seed_images, len(paths))} images")
+        decode_ms = decode_cost_ms(args.model, paths[:200])
+        print(f"decode + preprocess, one core: {decode_ms:.2f} ms per image (200 corpus images)", flush=True)
+        tutorial = tutorial_process(args.model, weights, tmp / "corpus", len(paths))
+        print(f"tutorial loop, whole process: {tutorial['wall']:.1f} s for {len(paths)} images "
+              f"(first record {tutorial['first']:.2f} s, steady {tutorial['rate']:.1f} images/s)", flush=True)  # fmt: skip
         one = run_tool([str(paths[0]), *common[1:]], 1)
-        print(f"time to first result, one image, fresh process: {one['wall']:.2f}s", flush=True)
+        print(f"imgclassify, one image, fresh process: first record {one['first']:.2f} s", flush=True)
         rows = []
         for name in args.configs:
-            extra = CONFIGS[name]
+            extra, env = split_config(CONFIGS[name])
+            note = unsupported(extra)
+            if note and note.startswith("skipped"):
+                rows.append((name, None, None, note))
+                print(f"{name}: {note}", flush=True)
+                continue
             precision = extra[extra.index("--precision") + 1] if "--precision" in extra else "fp32"
             backend = extra[extra.index("--backend") + 1] if "--backend" in extra else "torch"
             pure = pure_model(args.model, weights, args.device, args.batch_size, precision, backend, args.pure_seconds)
-            tool = run_tool(common + extra, len(paths), CONFIG_ENV.get(name))
-            rows.append((name, pure, tool))
+            tool = run_tool(common + extra, len(paths), env)
+            rows.append((name, pure, tool, note))
             print(f"{name}: pure {pure:.1f}, tool {tool['rate']:.1f} images/s", flush=True)
         print()
+        print("limit = the cores' budget: cores / (decode core-s + cores / pure model rate) images/s, "
+              f"with {cores} cores and {decode_ms:.2f} ms decode per image")  # fmt: skip
         print(
-            "| config | pure model img/s | tool img/s (steady) | tool img/s (whole run) | first record s | peak RSS MB | tool/seed | tool/pure |"
-            + (" GPU util % |" if gpu else "")
+            "| config | pure model img/s | limit img/s | tool img/s (steady) | steady/limit | whole run s "
+            "| first record s | peak RSS MB | whole run vs tutorial process | note |"
         )
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if gpu else ""))
-        print(f"| tutorial loop | | {seed:.1f} | | | | 1.00 | |")
-        for name, pure, tool in rows:
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        print(f"| tutorial loop (process) | | | {tutorial['rate']:.1f} | | {tutorial['wall']:.1f} | "
+              f"{tutorial['first']:.1f} | {tutorial['rss_mb']:.0f} | 1.00 | |")  # fmt: skip
+        for name, pure, tool, note in rows:
+            if pure is None or tool is None:
+                print(f"| {name} | | | | | | | | | {note} |")
+                continue
+            limit = cores / (decode_ms / 1000 + cores / pure)
             print(
-                f"| {name} | {pure:.1f} | {tool['rate']:.1f} | {tool['rate_wall']:.1f} | {tool['first']:.1f} | "
-                f"{tool['rss_mb']:.0f} | {tool['rate'] / seed:.2f} | {tool['rate'] / pure:.2f} |"
-                + (f" {tool['gpu_util']:.0f} |" if gpu else "")
+                f"| {name} | {pure:.1f} | {limit:.1f} | {tool['rate']:.1f} | {tool['rate'] / limit:.2f} | "
+                f"{tool['wall']:.1f} | {tool['first']:.1f} | {tool['rss_mb']:.0f} | "
+                f"{tutorial['wall'] / tool['wall']:.2f} | {note or ''} |"
             )
         if args.memory:
             small = build_corpus(tmp / "m200", 200, seed=1)
             big = build_corpus(tmp / "m2000", 2000, seed=2)
-            extra = common[1:] + CONFIGS[args.configs[-1]]
-            a = run_tool([str(tmp / "m200"), *extra], len(small))
-            b = run_tool([str(tmp / "m2000"), *extra], len(big))
+            extra, env = split_config(CONFIGS[args.configs[-1]])
+            a = run_tool([str(tmp / "m200"), *common[1:], *extra], len(small), env)
+            b = run_tool([str(tmp / "m2000"), *common[1:], *extra], len(big), env)
             print(f"\npeak RSS ({args.configs[-1]}): 200 images {a['rss_mb']:.0f} MB, 2,000 images {b['rss_mb']:.0f} MB "
                   f"({(b['rss_mb'] / a['rss_mb'] - 1) * 100:+.1f}%)")  # fmt: skip
     finally:

@@ -123,7 +123,11 @@ DeviceOpt = Annotated[
     ),
 ]
 PrecisionOpt = Annotated[
-    Precision, typer.Option("--precision", help="fp32 (exact), or bf16/fp16 autocast where the device supports it.")
+    Precision,
+    typer.Option(
+        "--precision",
+        help="fp32 (exact), bf16/fp16 autocast where the device supports it, or int8 (OpenVINO on the CPU, quantized once).",
+    ),
 ]
 BackendOpt = Annotated[
     Backend, typer.Option("--backend", help="torch, or openvino (CPU; the imgclassify[openvino] extra).")

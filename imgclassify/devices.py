@@ -18,6 +18,8 @@ class Precision(str, enum.Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    #: int8 post-training quantization (OpenVINO + NNCF, on the CPU)
+    INT8 = "int8"
 
 
 def validate_device(text: str) -> str:
@@ -57,6 +59,8 @@ def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | 
 
     if precision is Precision.FP32:
         return None
+    if precision is Precision.INT8:
+        raise DeviceError("--precision int8 runs on the CPU through OpenVINO, not in torch: use --device cpu")
     if device.type == "cpu" and precision is Precision.FP16:
         raise DeviceError("--precision fp16 is not supported on the CPU: use bf16 (or fp32)")
     if device.type == "cuda" and precision is Precision.BF16 and not torch.cuda.is_bf16_supported():

@@ -358,24 +358,41 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     """Resize the shorter side, center-crop, return a uint8 CHW tensor (normalized later, per batch).
 
     Same arithmetic as torchvision's Resize -> CenterCrop -> ToTensor on a PIL image; the
-    float conversion and mean/std normalization happen once per batch on the device. Images
-    more elongated than EXACT_ASPECT (resized long side over 16 x the resize size) resize only
-    the box the crop keeps (``crop_source_box``): the full resize of a 1 x 100,000 image would
-    be 25,600,000 x 256 pixels.
+    float conversion and mean/std normalization happen once per batch on the device. Done with
+    Pillow alone (identical pixels; a test compares): importing torchvision costs about 1 s.
+    Images more elongated than EXACT_ASPECT (resized long side over 16 x the resize size) resize
+    only the box the crop keeps (``crop_source_box``): the full resize of a 1 x 100,000 image
+    would be 25,600,000 x 256 pixels.
     """
-    from torchvision.transforms import functional as F
+    import numpy as np
+    import torch
 
-    interpolation = F.InterpolationMode(config.interpolation.value)
-    long_side = max(resized_size(image.size, config.resize_size))
-    if long_side <= EXACT_ASPECT * config.resize_size or config.crop_size > config.resize_size:
-        image = F.resize(image, config.resize_size, interpolation=interpolation)
-        image = F.center_crop(image, [config.crop_size, config.crop_size])
-    else:
-        resample = F.pil_modes_mapping[interpolation]
-        box = crop_source_box(image.size, config)
-        image = image.resize((config.crop_size, config.crop_size), resample, box=box)
-    tensor: torch.Tensor = F.pil_to_tensor(image)
-    return tensor
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = config.resize_size, int(config.resize_size * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    crop = config.crop_size
+    resample = _RESAMPLE[config.interpolation.value]
+    if max(size) > EXACT_ASPECT * config.resize_size and crop <= config.resize_size:
+        image = image.resize((crop, crop), resample, box=crop_source_box(image.size, config))
+    elif min(size) >= crop:
+        if size != image.size:
+            image = image.resize(size, resample)
+        top, left = round((size[1] - crop) / 2.0), round((size[0] - crop) / 2.0)
+        image = image.crop((left, top, left + crop, top + crop))
+    else:  # torchvision pads a crop larger than the image: keep its code for that
+        from torchvision.transforms import functional as F
+
+        image = F.resize(image, config.resize_size, interpolation=F.InterpolationMode(config.interpolation.value))
+        image = F.center_crop(image, [crop, crop])
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 def load_tensor(

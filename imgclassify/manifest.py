@@ -40,9 +40,9 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def library_versions(*, openvino: bool = False) -> dict[str, str | None]:
+def library_versions(*, openvino: bool = False, nncf: bool = False) -> dict[str, str | None]:
     """Installed versions (from package metadata: nothing is imported)."""
-    names = [*_LIBRARIES, "openvino"] if openvino else list(_LIBRARIES)
+    names = [*_LIBRARIES, *(["openvino"] if openvino or nncf else []), *(["nncf"] if nncf else [])]
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in names:
         try:
@@ -82,6 +82,23 @@ def describe_model(plan: ModelPlan, label_set: LabelSet | None, *, device: str |
         "device": device or options.device,
         "precision": options.precision.value,
         "backend": options.backend.value,
+        "quantization": describe_quantization(plan),
+    }
+
+
+def describe_quantization(plan: ModelPlan) -> dict[str, Any] | None:
+    """int8: how the model was quantized and on which calibration set (None for other precisions)."""
+    from .devices import Precision
+
+    if plan.options.precision is not Precision.INT8:
+        return None
+    from .calibration import CALIBRATION_SIZE, calibration_sha256
+
+    return {
+        "method": "nncf post-training quantization, run by openvino",
+        "calibration": "bundled",
+        "calibration_images": CALIBRATION_SIZE,
+        "calibration_sha256": calibration_sha256(plan.preprocess),
     }
 
 
@@ -143,7 +160,9 @@ class RunManifest:
 
     def start(self, model: Mapping[str, Any], *, openvino: bool) -> None:
         self.data.update(model)
-        self.data["versions"] = {"imgclassify": self.data["imgclassify"], **library_versions(openvino=openvino)}
+        int8 = model.get("quantization") is not None
+        versions = library_versions(openvino=openvino, nncf=int8)
+        self.data["versions"] = {"imgclassify": self.data["imgclassify"], **versions}
         self.data["host"] = host()
         self.data["counts"] = None
         write_json_atomic(self.path, self.data)
@@ -160,6 +179,7 @@ RESUME_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("labels sha256", ("labels", "sha256")),
     ("preprocessing", ("preprocessing",)),
     ("precision", ("precision",)),
+    ("calibration sha256", ("quantization", "calibration_sha256")),
     ("backend", ("backend",)),
     ("top-k", ("run", "top_k")),
     ("threshold", ("run", "threshold")),

@@ -185,10 +185,9 @@ def build_classifier(plan: ModelPlan) -> Classifier:
     from .weights import read_state_dict
 
     options = plan.options
-    # OpenVINO runs on the CPU: "auto" means the CPU there
-    device = resolve_device(
-        "cpu" if options.backend is Backend.OPENVINO and options.device == "auto" else options.device
-    )
+    # OpenVINO (also int8) runs on the CPU: "auto" means the CPU there
+    on_openvino = options.backend is Backend.OPENVINO or options.precision is Precision.INT8
+    device = resolve_device("cpu" if on_openvino and options.device == "auto" else options.device)
     net, num_classes = build_with_state(plan.spec, read_state_dict(plan.weights_path))
     label_set = plan.label_set(num_classes)
     backend = create_backend(

@@ -1,10 +1,11 @@
 """Decode worker processes that die: only the files they held become error records.
 
 A decoder can kill its process: the OS's out-of-memory killer, a crash inside a C decoder. With
-decoding in worker processes (``--workers N``), torch's DataLoader then raises for the whole
-run. :func:`batches_surviving_crashes` catches that, decodes the batches that were in flight
-again one file at a time, each in a process of its own (so the file that kills its process is
-known, and becomes an error record), and goes on with new workers for the rest. Order and
+torch's DataLoader that ends the whole run (its SIGCHLD handler raises wherever the main
+thread happens to be). :func:`batches_surviving_crashes` decodes in a process pool instead;
+when a worker dies it decodes the batches that were in flight again one file at a time, each
+in a process of its own (so the file that kills its process is known, and becomes an error
+record), and goes on with a new pool for the rest. Order and
 every other file's result are kept; nothing already yielded is decoded twice.
 """
 
@@ -16,7 +17,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .loading import Batch, DecodedItem, Decoder, FileDataset, collate
+from .loading import Batch, DecodedItem, Decoder, collate
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -29,8 +30,10 @@ PREFETCH = 4
 
 def _is_worker_death(exc: BaseException) -> bool:
     text = str(exc)
-    return isinstance(exc, RuntimeError) and "DataLoader worker" in text and (
-        "exited unexpectedly" in text or "killed by signal" in text
+    return (
+        isinstance(exc, RuntimeError)
+        and "DataLoader worker" in text
+        and ("exited unexpectedly" in text or "killed by signal" in text)
     )
 
 
@@ -55,7 +58,7 @@ def decode_isolated(decoder: Decoder, index: int, path: str) -> DecodedItem:
     """Decode one file in a process of its own; if that process dies, an error record says how."""
     import torch
 
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_decode_in_child, args=(decoder, path, send), daemon=True)
     process.start()
@@ -72,40 +75,67 @@ def decode_isolated(decoder: Decoder, index: int, path: str) -> DecodedItem:
     return DecodedItem(index, torch.from_numpy(array) if array is not None else None, error)
 
 
-def _loader(paths: Sequence[str], decoder: Decoder, indices: list[int], batch_size: int, workers: int, pin: bool) -> Any:
-    from torch.utils.data import DataLoader, Subset
+def _decode_chunk(decoder: Decoder, chunk: list[tuple[int, str]]) -> list[tuple[int, Any, str | None]]:
+    """In a worker process: decode a batch's files; numpy arrays travel back (no shared memory to leak)."""
+    out = []
+    for index, path in chunk:
+        tensor, error = decoder.try_decode(path)
+        out.append((index, tensor.numpy() if tensor is not None else None, error))
+    return out
 
-    dataset: Any = FileDataset(paths, decoder)
-    return DataLoader(
-        Subset(dataset, indices),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin,
-        prefetch_factor=PREFETCH,
-    )
+
+def _as_items(decoded: list[tuple[int, Any, str | None]]) -> list[DecodedItem]:
+    import torch
+
+    return [DecodedItem(i, torch.from_numpy(a) if a is not None else None, e) for i, a, e in decoded]
 
 
 def batches_surviving_crashes(
     paths: Sequence[str], decoder: Decoder, *, batch_size: int, workers: int, pin_memory: bool = False
 ) -> Iterator[Batch]:
-    """:class:`Batch` objects in input order, decoded by ``workers`` processes that may die."""
-    remaining = list(range(len(paths)))
-    while remaining:
-        done = 0
-        try:
-            for batch in _loader(paths, decoder, remaining, batch_size, workers, pin_memory):
-                done += len(batch.indices)
-                yield batch
-            return
-        except RuntimeError as exc:
-            if not _is_worker_death(exc):
-                raise
-            log.warning("a decode worker process died (%s): decoding its files again, one process each", exc)
-        remaining = remaining[done:]
-        # the batches in flight when the worker died: every worker held up to PREFETCH of them
-        suspects, remaining = remaining[: workers * PREFETCH * batch_size], remaining[workers * PREFETCH * batch_size :]
-        items = [decode_isolated(decoder, index, paths[index]) for index in suspects]
-        for start in range(0, len(items), batch_size):
-            batch = collate(items[start : start + batch_size])
+    """:class:`Batch` objects in input order, decoded by ``workers`` processes that may die.
+
+    Up to ``workers * PREFETCH`` batches are in flight. When a worker dies, the pool is broken:
+    every batch in flight is decoded again one file at a time in processes of their own (the
+    file that kills its process becomes an error record), then a new pool takes the rest.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    starts = deque(range(0, len(paths), batch_size))
+    in_flight: deque[tuple[int, Future[list[tuple[int, Any, str | None]]]]] = deque()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    def chunk(start: int) -> list[tuple[int, str]]:
+        return [(i, paths[i]) for i in range(start, min(start + batch_size, len(paths)))]
+
+    def fill() -> None:
+        while starts and len(in_flight) < workers * PREFETCH:
+            start = starts.popleft()
+            in_flight.append((start, pool.submit(_decode_chunk, decoder, chunk(start))))
+
+    try:
+        fill()
+        while in_flight:
+            _, future = in_flight[0]
+            try:
+                decoded = future.result()
+            except BrokenProcessPool:
+                log.warning("a decode worker process died: decoding the files it may have held again, one process each")
+                pool.shutdown(wait=False, cancel_futures=True)
+                for suspect_start, _ in list(in_flight):
+                    items = [decode_isolated(decoder, i, path) for i, path in chunk(suspect_start)]
+                    batch = collate(items)
+                    yield batch.pin_memory() if pin_memory else batch
+                in_flight.clear()
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                fill()
+                continue
+            in_flight.popleft()
+            fill()
+            batch = collate(_as_items(decoded))
             yield batch.pin_memory() if pin_memory else batch
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -595,3 +595,35 @@ def test_phone_formats_are_walked(tmp_path: Path) -> None:
     for name in ("a.heic", "b.HEIF", "c.avif", "d.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert sorted(os.path.basename(p) for p in expand_inputs([str(tmp_path)]).paths) == ["a.heic", "b.HEIF", "c.avif"]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSEGV"])
+def test_a_decode_worker_that_dies_costs_only_its_file(  # type: ignore[no-untyped-def]
+    lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Killed by the OS (out of memory) or crashed in a C decoder: the run goes on with new workers."""
+    import signal
+
+    import imgclassify.loading as loading
+
+    real = loading.load_tensor  # type: ignore[attr-defined]
+    paths = []
+    for i in range(24):
+        path = tmp_path / f"img{i:02d}.jpg"
+        shutil.copy(SAMPLES / ("labrador.jpg" if i % 2 else "dog.jpg"), path)
+        paths.append(str(path))
+    poison = paths[9]
+
+    def deadly(source, config, options=None):  # type: ignore[no-untyped-def]
+        if str(source) == poison:
+            os.kill(os.getpid(), getattr(signal, how))
+        return real(source, config, options)
+
+    monkeypatch.setattr(loading, "load_tensor", deadly)  # forked workers inherit it
+    preds = list(lite0.predict(paths, batch_size=4, workers=2))
+    assert [p.path for p in preds] == paths  # every input once, in order
+    assert preds[9].error == f"the decoder crashed on this file (its process was killed by {how}" + (
+        " (out of memory?))" if how == "SIGKILL" else ")"
+    )
+    others = [p for i, p in enumerate(preds) if i != 9]
+    assert all(p.error is None and p.class_id == (LAB if i % 2 else 222) for i, p in enumerate(preds) if i != 9), others

@@ -110,6 +110,7 @@ def test_resume_with_another_model_is_refused_and_the_output_untouched(
     [
         (["-k", "3"], "top-k: 1 -> 3"),
         (["--precision", "bf16"], "precision: fp32 -> bf16"),
+        (["--precision", "int8"], "calibration sha256: none -> "),
         (["--fast-decode"], "fast_decode: False -> True"),
         (["--labels", "LABELS"], "labels sha256:"),
     ],

@@ -13,6 +13,7 @@ Importing this package does not import torch.
 from __future__ import annotations
 
 import enum
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -62,11 +63,21 @@ def create_backend(
     weights_file: Path,
 ) -> InferenceBackend:
     """The backend for ``kind`` at ``precision`` on ``device``, wrapped in out-of-memory halving."""
+    from ..advice import precision_warning
     from ..devices import Precision
     from .oom import HalvingOnOutOfMemory
 
+    warning = precision_warning(precision, device.type)
+    if warning:
+        logging.getLogger("imgclassify").warning(warning)
     backend: InferenceBackend
-    if kind is Backend.OPENVINO:
+    if precision is Precision.INT8:  # with either --backend: quantized with NNCF, run by OpenVINO
+        from .openvino_int8 import OpenVinoInt8Backend
+
+        backend = OpenVinoInt8Backend(
+            model, preprocess=preprocess, device=device, model_name=model_name, weights_file=weights_file
+        )
+    elif kind is Backend.OPENVINO:
         from .openvino import OpenVinoBackend
 
         backend = OpenVinoBackend(
