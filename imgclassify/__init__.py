@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .imaging import DecodeOptions
+    from .options import ModelOptions
     from .pipeline import Classifier, load_classifier
 
 _LAZY = {
@@ -38,6 +39,7 @@ _LAZY = {
     "expand_inputs": "sources",
     "registry": "registry",
     "DecodeOptions": "imaging",
+    "ModelOptions": "options",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "ImgclassifyError",
     "LabelsError",
     "ModelError",
+    "ModelOptions",
     "NoImagesError",
     "Prediction",
     "UnknownModelError",
