@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from conftest import SAMPLES
+from imgclassify.cli import app
 from imgclassify.nets.densenet import DenseNet121
 from imgclassify.nets.efficientnet_lite import EfficientNetLite0
 
@@ -101,3 +104,17 @@ def test_predict_densenet_weights_never_imports_timm_or_torchvision(tmp_path: Pa
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"class_id"' in out.stdout
     assert {m.split(".")[0] for m in modules} & {"timm", "torchvision"} == set()
+
+
+def test_a_run_to_stdout_does_not_hash_the_weights(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sha256 of the weights is provenance for the manifest and --resume: none of it here."""
+    import imgclassify.model_plan as model_plan
+
+    def no_hash(path: Path) -> str:
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(model_plan, "sha256_file", no_hash)
+    args = ["predict", str(SAMPLES / "kitten.jpg"), "-m", "efficientnet_lite0", "-d", "cpu", "-f", "jsonl"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["class_id"] == 282
