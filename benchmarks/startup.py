@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXE = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
 
-# runs in a fresh interpreter: cumulative timestamps after each step, as JSON on stdout
+# runs in a fresh interpreter (-P: imgclassify from PYTHONPATH or the venv, not the current folder):
+# cumulative timestamps after each step, as JSON on stdout
 _STEPS = r"""
 import json, sys, time
 t0 = time.perf_counter(); marks = {}
@@ -80,7 +81,7 @@ def main() -> None:
     steps = []
     for _ in range(args.repeat):
         out = subprocess.run(
-            [sys.executable, "-c", _STEPS, args.model, args.image, args.weights], capture_output=True, text=True
+            [sys.executable, "-P", "-c", _STEPS, args.model, args.image, args.weights], capture_output=True, text=True
         )
         if out.returncode:
             raise SystemExit(out.stderr)
