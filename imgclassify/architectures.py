@@ -68,8 +68,24 @@ def normalize_keys(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str,
     return state
 
 
+def _build_native(architecture: str, num_classes: int) -> nn.Module | None:
+    """The default architectures from ``imgclassify.nets``: no timm or torchvision import (start-up)."""
+    if architecture == "tf_efficientnet_lite0":
+        from .nets.efficientnet_lite import EfficientNetLite0
+
+        return EfficientNetLite0(num_classes)
+    if architecture == "densenet121":
+        from .nets.densenet import DenseNet121
+
+        return DenseNet121(num_classes)
+    return None
+
+
 def build(spec: ModelSpec, num_classes: int) -> nn.Module:
     """An untrained instance of ``spec``'s architecture with ``num_classes`` outputs."""
+    native = _build_native(spec.architecture, num_classes)
+    if native is not None:
+        return native
     if spec.family == "timm":
         import timm
 

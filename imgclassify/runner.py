@@ -331,8 +331,11 @@ class _Run:
     def execute(self, engine: Engine, stdout: TextIO, stderr: TextIO) -> RunSummary:
         options, fmt = self.options, self.fmt
         check_top_k(options.top_k, len(engine.label_set.labels))
-        model_section = describe_model(self.plan, engine.label_set, device=engine.device)
-        if options.resume and self.old_manifest is not None:
+        resuming = options.resume and self.old_manifest is not None
+        # provenance (the sha256 of the weights file) only when a manifest or --resume needs it
+        needs_model_section = self.manifest_path is not None or resuming
+        model_section = describe_model(self.plan, engine.label_set, device=engine.device) if needs_model_section else {}
+        if resuming:
             self.check_resume(model_section)  # now with the labels of the loaded model too
         summary = RunSummary(
             skipped_non_images=self.skipped, model=self.plan.spec.name, inputs=len(self.paths),
