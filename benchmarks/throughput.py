@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "samples").glob("*.jpg")) + sorted(
@@ -124,11 +125,10 @@ def random_weights(model: str, folder: Path) -> Path:
     return path
 
 
-def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu") -> float:
-    """The tutorial's way: one image at a time, PIL, Resize(255), no inference_mode, no batching."""
+def tutorial_net(model: str, weights: Path, device: str) -> tuple[Any, Any]:
+    """The tutorial's model and transforms: Resize(255), CenterCrop(224), ToTensor, Normalize."""
     import torch
     import torchvision.transforms as transforms
-    from PIL import Image
 
     from imgclassify.architectures import build_with_state
     from imgclassify.registry import get_spec
@@ -139,6 +139,14 @@ def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu")
         [transforms.Resize(255), transforms.CenterCrop(224), transforms.ToTensor(),
          transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
     )  # fmt: skip
+    return net, tf
+
+
+def seed_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu") -> float:
+    """The tutorial's way: one image at a time, PIL, Resize(255), no inference_mode, no batching."""
+    from PIL import Image
+
+    net, tf = tutorial_net(model, weights, device)
     start = time.perf_counter()
     for path in paths:
         image = Image.open(path).convert("RGB")
@@ -161,19 +169,9 @@ def tutorial_main(model: str, weights: str, folder: str, device: str) -> None:
 
 
 def net_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu") -> None:
-    import torch
-    import torchvision.transforms as transforms
     from PIL import Image
 
-    from imgclassify.architectures import build_with_state
-    from imgclassify.registry import get_spec
-
-    net, _ = build_with_state(get_spec(model), torch.load(weights, weights_only=True))
-    net.eval().to(device)
-    tf = transforms.Compose(
-        [transforms.Resize(255), transforms.CenterCrop(224), transforms.ToTensor(),
-         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
-    )  # fmt: skip
+    net, tf = tutorial_net(model, weights, device)
     for path in paths:
         image = Image.open(path).convert("RGB")
         outputs = net.forward(tf(image).unsqueeze(0).to(device))

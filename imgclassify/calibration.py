@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from .digests import sha256_json
+from .digests import sha256_bytes, sha256_json
 from .registry import Interpolation, PreprocessConfig
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ def calibration_photos() -> list[tuple[str, bytes]]:
 
 def calibration_sha256(preprocess: PreprocessConfig, size: int = CALIBRATION_SIZE) -> str:
     """Names the calibration set: the photos' sha256, the recipe, the count and the input size."""
-    import hashlib
-
-    photos = [[name, hashlib.sha256(data).hexdigest()] for name, data in calibration_photos()]
+    photos = [[name, sha256_bytes(data)] for name, data in calibration_photos()]
     return sha256_json(
         {"recipe": _RECIPE, "seed": _SEED, "size": size, "crop": preprocess.crop_size,
          "interpolation": preprocess.interpolation.value, "photos": photos}

@@ -31,6 +31,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return value
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_json(value: Any) -> str:
     """sha256 of ``value`` as canonical JSON (sorted keys, no spaces): equal content, equal hash."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)

@@ -184,7 +184,9 @@ def iter_batches(
         return
     if workers == 0:
         for start in range(0, len(paths), batch_size):
-            items = [FileDataset(paths, decoder)[i] for i in range(start, min(start + batch_size, len(paths)))]
+            items = [
+                DecodedItem(i, *decoder.try_decode(paths[i])) for i in range(start, min(start + batch_size, len(paths)))
+            ]
             batch = collate(items)
             yield batch.pin_memory() if pin_memory else batch
         return

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLES
+from conftest import SAMPLES, free_port, wait_until_ready
 from imgclassify.server import ROOT_MESSAGE, ServerConfig, create_app
 
 EXPECTED = {"kitten.jpg": 282, "labrador.jpg": 208, "brittany.jpg": 215, "dog.jpg": 222}
@@ -233,12 +232,6 @@ def test_config_from_environment() -> None:
 # -- a real server process ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     exe = shutil.which("imgclassify", path=str(Path(sys.executable).parent)) or "imgclassify"
@@ -252,17 +245,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server not ready in 120 s:\n" + log.read_text()
-            time.sleep(0.25)
+        wait_until_ready(base, proc, log)
         yield base
     finally:
         proc.terminate()

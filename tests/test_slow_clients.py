@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLES
+from conftest import SAMPLES, free_port, wait_until_ready
 
 THREADS = 2
 READ_TIMEOUT = 3.0  # long enough that a normal answer under 2 s proves stalled uploads hold no thread
@@ -48,12 +48,6 @@ class Server:
     tmpdir: Path
     tempfile_log: Path
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +81,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         proc = subprocess.Popen([*cmd, "--max-upload-mb", "8"], stdout=subprocess.DEVNULL, stderr=err, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server not ready in 120 s:\n" + log.read_text()
-            time.sleep(0.25)
+        wait_until_ready(base, proc, log)
         yield Server(base, port, tmpdir, tempfile_log, log)
     finally:
         proc.send_signal(signal.SIGTERM)
