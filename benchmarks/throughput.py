@@ -203,7 +203,7 @@ def pure_model(
     batch = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8).to(
         clf.device
     )  # where the tool's loader hands it (GPU decoding: already on the GPU)
-    clf.plan_batches(batch_size)  # as the tool does on a long run
+    clf.plan_batches(batch_size, 1000)  # as the tool does on a long run
     clf.forward_uint8(batch)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -101,9 +101,10 @@ class Classifier:
         """Class probabilities (float32, on the CPU) for a uint8 NCHW batch."""
         return self.backend(batch)
 
-    def plan_batches(self, batch_size: int | None) -> None:
-        """Say which batch size comes often (bf16 on the CPU then uses a frozen graph for it)."""
-        self.backend.plan(batch_size)
+    def plan_batches(self, batch_size: int, batches: int) -> None:
+        """Say that about ``batches`` full batches of ``batch_size`` will come (on the CPU, a long
+        enough run then uses a frozen graph for that batch shape: backends/frozen.py)."""
+        self.backend.plan(batch_size, batches)
 
     def candidates(self, probs: torch.Tensor, top_k: int) -> list[tuple[Candidate, ...]]:
         return self.renderer(top_k).candidates(probs)
@@ -136,8 +137,7 @@ class Classifier:
             return
         if workers is None:
             workers = default_workers(len(names), batch_size, self.device.type, self.backend_kind)
-        # a frozen graph pays for its tracing (about 1 s) only over several full batches
-        self.plan_batches(batch_size if len(names) >= 4 * batch_size else None)
+        self.plan_batches(batch_size, len(names) // batch_size)
         for batch in open_batches(names, self.decoder, self.device, batch_size=batch_size, workers=workers):
             yield self.classify_batch(batch, names, renderer)
 

@@ -29,7 +29,8 @@ def test_stages_compose_to_the_same_records_as_the_classifier(lite0) -> None:  #
         probs = lite0.backend(batch.tensor) if batch.tensor is not None else None
         local = {k: batch.errors[i] for k, i in enumerate(batch.indices) if i in batch.errors}
         records += renderer.render([paths[i] for i in batch.indices], probs, local)
-    assert records == list(lite0.predict(paths, batch_size=5, top_k=3))
+    # the same batches (oneDNN's rounding can depend on the batch size on some CPUs: AMD EPYC)
+    assert records == list(lite0.predict(paths, batch_size=2, top_k=3))
     assert records[3].error == "file not found" and records[4].class_id == 0  # tench
 
 

@@ -40,7 +40,7 @@ class InferenceBackend(Protocol):
     as a compiled OpenVINO model, on first use).
     """
 
-    #: a short name for logs and the run manifest: "torch", "torch-frozen-bf16", "openvino"
+    #: a short name for logs and the run manifest: "torch", "torch-frozen-fp32", "openvino"
     name: str
 
     @property
@@ -48,8 +48,8 @@ class InferenceBackend(Protocol):
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
 
-    def plan(self, batch_size: int | None) -> None:
-        """A hint: batches of ``batch_size`` will come often (None: no such run)."""
+    def plan(self, batch_size: int, batches: int) -> None:
+        """A hint: about ``batches`` full batches of ``batch_size`` images will come."""
 
 
 def create_backend(
@@ -88,9 +88,9 @@ def create_backend(
         from .torch_eager import TorchEagerBackend
 
         backend = TorchEagerBackend(model, preprocess=preprocess, device=device, precision=precision)
-        if device.type == "cpu" and precision is Precision.BF16:
-            from .frozen import FrozenGraphBackend
+        from .frozen import FrozenGraphBackend
 
+        if device.type == "cpu" and FrozenGraphBackend.supports(precision):
             backend = FrozenGraphBackend(backend, model_name=model_name)
     return HalvingOnOutOfMemory(backend)
 

@@ -38,8 +38,8 @@ class HalvingOnOutOfMemory:
     def device(self) -> torch.device:
         return self.inner.device
 
-    def plan(self, batch_size: int | None) -> None:
-        self.inner.plan(batch_size)
+    def plan(self, batch_size: int, batches: int) -> None:
+        self.inner.plan(batch_size, batches)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch

@@ -82,7 +82,7 @@ class OpenVinoBackend:
     def device(self) -> torch.device:
         return self.normalize.device
 
-    def plan(self, batch_size: int | None) -> None:
+    def plan(self, batch_size: int, batches: int) -> None:
         pass
 
     def __getstate__(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ class TorchEagerBackend:
     def device(self) -> torch.device:
         return self.normalize.device
 
-    def plan(self, batch_size: int | None) -> None:
+    def plan(self, batch_size: int, batches: int) -> None:
         pass
 
     def logits(self, x: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:

@@ -61,13 +61,13 @@ def decode_batch(batch: dict[str, np.ndarray], decoder: Decoder) -> dict[str, np
 class ModelActor:
     """Ray actor: one classifier; a decoded batch -> top-k class ids and probabilities, plus its node id."""
 
-    def __init__(self, plan: ModelPlan, top_k: int, planned_batch: int | None) -> None:
+    def __init__(self, plan: ModelPlan, top_k: int, batch_size: int, batches: int) -> None:
         import ray
 
         from ..pipeline import build_classifier
 
         self.classifier = build_classifier(plan)
-        self.classifier.plan_batches(planned_batch)
+        self.classifier.plan_batches(batch_size, batches)
         self.renderer = self.classifier.renderer(top_k)
         self.top_k = top_k
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -286,7 +286,8 @@ class RayEngine:
                 fn_constructor_kwargs={
                     "plan": plan,
                     "top_k": top_k,
-                    "planned_batch": batch_size if len(paths) >= 4 * batch_size else None,
+                    "batch_size": batch_size,
+                    "batches": len(paths) // batch_size // actors,  # each actor's share
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
