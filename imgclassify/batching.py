@@ -1,9 +1,16 @@
 """Dynamic batching: concurrent requests' images stacked into one forward pass.
 
-Request threads decode and preprocess their own images, then :meth:`DynamicBatcher.submit`
-a uint8 batch. One worker thread owns the model: it takes the first waiting job, gathers
-whatever else arrives within ``max_delay_s`` up to ``max_batch_size`` images, runs them
-together, and hands each job its own rows. Same arithmetic as the single-request path.
+Callers :meth:`DynamicBatcher.submit` a job: a payload of one or more images. One worker
+thread owns the model: it takes the first waiting job, gathers whatever else arrives within
+``max_delay_s`` up to ``max_batch_size`` images (``len`` of each payload), turns the gathered
+payloads into one uint8 batch with its ``prepare`` stage, runs them together, and hands each
+job its own rows and its own per-image errors. Same arithmetic as the single-request path.
+
+``prepare`` is the one thing that differs between payload kinds. The default,
+:func:`concat`, takes uint8 batches that callers decoded themselves and reports no errors;
+the server on a GPU gives (name, bytes) lists and a stage that decodes them all in one
+batched call (:class:`~imgclassify.gpu_decode.GpuBatchDecoder`), a bad image an error of its
+own job only.
 """
 
 from __future__ import annotations
@@ -12,30 +19,79 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("imgclassify")
 
+P = TypeVar("P", bound=Sized)
+
+#: a gathered batch, prepared: the rows of the images without an error (in order, None: no such
+#: image), and ``{position: error}`` for the rest, positions counted across the gathered payloads
+Prepared = tuple["torch.Tensor | None", dict[int, str]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One job's share of a batch: probabilities for its images without an error, in order, and
+    ``{position in the payload: error}`` for the rest. ``probs`` is None when every image failed."""
+
+    probs: torch.Tensor | None
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def concat(batches: list[Any]) -> Prepared:
+    """The stage for payloads that are uint8 NCHW batches already: one tensor, no errors."""
+    import torch
+
+    return (torch.cat(batches) if len(batches) > 1 else batches[0]), {}
+
 
 @dataclass
-class _Job:
-    batch: torch.Tensor
-    future: Future[torch.Tensor] = field(default_factory=Future)
+class _Job(Generic[P]):
+    payload: P
+    future: Future[Answer] = field(default_factory=Future)
 
 
-class DynamicBatcher:
-    """Runs ``forward`` (uint8 NCHW -> probabilities) on batches gathered across callers."""
+class DynamicBatcher(Generic[P]):
+    """Runs ``forward`` (uint8 NCHW -> probabilities) on batches gathered across callers.
+
+    ``prepare`` turns the gathered payloads into that uint8 batch (see :data:`Prepared`); it
+    runs in the worker thread, and if it raises, every job of that gathered batch fails with
+    the exception, as when ``forward`` raises.
+    """
+
+    @overload
+    def __init__(
+        self: DynamicBatcher[torch.Tensor],
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        max_batch_size: int = ...,
+        max_delay_s: float = ...,
+        on_batch: Callable[[int], None] | None = ...,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        prepare: Callable[[list[P]], Prepared],
+        max_batch_size: int = ...,
+        max_delay_s: float = ...,
+        on_batch: Callable[[int], None] | None = ...,
+    ) -> None: ...
 
     def __init__(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
         *,
+        prepare: Callable[[list[P]], Prepared] = concat,
         max_batch_size: int = 8,
         max_delay_s: float = 0.005,
         on_batch: Callable[[int], None] | None = None,
@@ -43,17 +99,18 @@ class DynamicBatcher:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.forward = forward
+        self.prepare = prepare
         self.max_batch_size = max_batch_size
         self.max_delay_s = max(0.0, max_delay_s)
         self.on_batch = on_batch
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._carry: _Job | None = None
+        self._queue: queue.Queue[_Job[P] | None] = queue.Queue()
+        self._carry: _Job[P] | None = None
         self._thread = threading.Thread(target=self._loop, name="imgclassify-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: torch.Tensor) -> Future[torch.Tensor]:
-        """Queue a uint8 batch; the future resolves to its probabilities, row for row."""
-        job = _Job(batch)
+    def submit(self, payload: P) -> Future[Answer]:
+        """Queue a payload of ``len(payload)`` images; the future resolves to its :class:`Answer`."""
+        job: _Job[P] = _Job(payload)
         self._queue.put(job)
         return job.future
 
@@ -61,8 +118,8 @@ class DynamicBatcher:
         self._queue.put(None)
         self._thread.join(timeout=5)
 
-    def _gather(self, first: _Job) -> list[_Job]:
-        jobs, size = [first], len(first.batch)
+    def _gather(self, first: _Job[P]) -> list[_Job[P]]:
+        jobs, size = [first], len(first.payload)
         deadline = time.monotonic() + self.max_delay_s
         while size < self.max_batch_size:
             remaining = deadline - time.monotonic()
@@ -73,16 +130,34 @@ class DynamicBatcher:
             if job is None:
                 self._queue.put(None)  # keep the stop signal for the loop
                 break
-            if size + len(job.batch) > self.max_batch_size:
+            if size + len(job.payload) > self.max_batch_size:
                 self._carry = job  # starts the next batch
                 break
             jobs.append(job)
-            size += len(job.batch)
+            size += len(job.payload)
         return jobs
 
-    def _loop(self) -> None:
-        import torch
+    def _run(self, jobs: list[_Job[P]]) -> list[Answer]:
+        batch, errors = self.prepare([job.payload for job in jobs])
+        total = sum(len(job.payload) for job in jobs)
+        rows = 0 if batch is None else len(batch)
+        if rows + len(errors) != total:
+            raise RuntimeError(f"the prepare stage gave {rows} rows and {len(errors)} errors for {total} images")
+        probs = None
+        if batch is not None:
+            probs = self.forward(batch)
+            if self.on_batch is not None:
+                self.on_batch(len(probs))
+        answers, start, row = [], 0, 0
+        for job in jobs:
+            count = len(job.payload)
+            mine = {p - start: e for p, e in errors.items() if start <= p < start + count}
+            good = count - len(mine)
+            answers.append(Answer(probs[row : row + good] if probs is not None and good else None, mine))
+            start, row = start + count, row + good
+        return answers
 
+    def _loop(self) -> None:
         while True:
             first = self._carry if self._carry is not None else self._queue.get()
             self._carry = None
@@ -90,14 +165,10 @@ class DynamicBatcher:
                 return
             jobs = self._gather(first)
             try:
-                probs = self.forward(torch.cat([job.batch for job in jobs]) if len(jobs) > 1 else jobs[0].batch)
+                answers = self._run(jobs)
             except BaseException as exc:
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
-            if self.on_batch is not None:
-                self.on_batch(len(probs))
-            start = 0
-            for job in jobs:
-                job.future.set_result(probs[start : start + len(job.batch)])
-                start += len(job.batch)
+            for job, answer in zip(jobs, answers, strict=True):
+                job.future.set_result(answer)

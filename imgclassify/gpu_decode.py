@@ -295,7 +295,7 @@ class GpuBatchDecoder:
         errors: dict[int, str],
     ) -> None:
         self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
-        tensor, error = self.cpu.try_decode(data if data else path)
+        tensor, error = self.cpu.try_decode(path if data is None else data)  # b"": the CPU path's error
         if tensor is None:
             errors[position] = error or "cannot decode image"
         else:

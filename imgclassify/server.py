@@ -5,6 +5,10 @@
 Routes: ``GET /`` (the tutorial's hint), ``POST /predict`` (multipart field ``file``, repeated
 for several images; ``?top_k=K``, ``?threshold=P``), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 Every error is JSON with the right status; uploads stay in memory and never reach the disk.
+
+Uploads are decoded where ``predict`` would decode them (:class:`UploadDecoding`): on the CPU in
+the request threads, or, on CUDA with GPU decoding, in the batcher thread, one batched nvJPEG
+call for every request it gathered (request threads then only read the bytes).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -26,9 +30,10 @@ from .records import Prediction
 from .rendering import check_threshold
 
 if TYPE_CHECKING:
+    import torch
     from flask import Flask, Response
 
-    from .batching import DynamicBatcher
+    from .batching import DynamicBatcher, Prepared
     from .pipeline import Classifier
 
 log = logging.getLogger("imgclassify.server")
@@ -63,6 +68,40 @@ class ServerConfig:
 
 
 _KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str, "float | None": float}
+
+
+#: uploads as (name, bytes) -> (uint8 rows on the device for the decodable ones, ``{position: error}``):
+#: :class:`~imgclassify.gpu_decode.GpuBatchDecoder`'s call
+BatchDecode = Callable[[Sequence[tuple[str, "bytes | None"]]], "Prepared"]
+
+
+@dataclass(frozen=True)
+class UploadDecoding:
+    """Where the server decodes uploads: the choice ``predict`` makes for its loader.
+
+    On CUDA with working nvJPEG and ``IMGCLASSIFY_GPU_DECODE`` not off
+    (:func:`~imgclassify.loaders.choose_loader`), the batcher thread decodes each gathered batch
+    with :class:`~imgclassify.gpu_decode.GpuBatchDecoder`; everywhere else the request threads
+    decode on the CPU, as ``classifier.decoder``. The fields are what the choice and the decoder
+    take (tests give their own); None is the real thing: nvJPEG probed on the device, the
+    process environment, a ``GpuBatchDecoder`` on the classifier's device.
+    """
+
+    nvjpeg_works: Callable[[torch.device], bool] | None = None
+    environ: Mapping[str, str] | None = None
+    decoder: Callable[[Classifier], BatchDecode] | None = None
+
+    def batch_decoder(self, classifier: Classifier) -> BatchDecode | None:
+        """The batcher's decoding stage for ``classifier``, or None: request threads decode on the CPU."""
+        from .gpu_decode import GpuBatchDecoder, gpu_decoding_available
+        from .loaders import LoaderKind, choose_loader
+
+        probe = self.nvjpeg_works or gpu_decoding_available
+        if choose_loader(classifier.device, nvjpeg_works=probe, environ=self.environ) is not LoaderKind.GPU_DECODE:
+            return None
+        if self.decoder is not None:
+            return self.decoder(classifier)
+        return GpuBatchDecoder(classifier.decoder, classifier.device)
 
 
 def require_flask() -> None:
@@ -100,24 +139,47 @@ class _Metrics:
 
 
 class _State:
-    """What the routes share: the classifier, its batcher, readiness."""
+    """What the routes share: the classifier, its batcher, readiness.
 
-    def __init__(self, classifier: Classifier, config: ServerConfig, metrics: _Metrics) -> None:
+    ``batch_decode`` None: request threads decode and submit uint8 batches. Otherwise they
+    submit their uploads' (name, bytes) and the batcher decodes every gathered request's
+    uploads in one ``batch_decode`` call before the forward pass.
+    """
+
+    def __init__(
+        self, classifier: Classifier, config: ServerConfig, metrics: _Metrics, batch_decode: BatchDecode | None
+    ) -> None:
         from .batching import DynamicBatcher
 
         self.classifier = classifier
         self.config = config
         self.metrics = metrics
         self.ready = threading.Event()
-        self.batcher: DynamicBatcher = DynamicBatcher(
-            classifier.forward_uint8,
-            max_batch_size=config.max_batch_size,
-            max_delay_s=config.max_batch_delay_ms / 1000.0,
-            on_batch=metrics.batch_size.observe,
-        )
+        self.batch_decode = batch_decode
+        settings: dict[str, Any] = {
+            "max_batch_size": config.max_batch_size,
+            "max_delay_s": config.max_batch_delay_ms / 1000.0,
+            "on_batch": metrics.batch_size.observe,
+        }
+        self.batcher: DynamicBatcher[Any]
+        if batch_decode is None:
+            self.batcher = DynamicBatcher(classifier.forward_uint8, **settings)
+        else:
+
+            def decode_all(payloads: list[list[tuple[str, bytes]]]) -> Prepared:
+                return batch_decode([item for uploads in payloads for item in uploads])
+
+            self.batcher = DynamicBatcher(classifier.forward_uint8, prepare=decode_all, **settings)
+
+    @property
+    def decode(self) -> str:
+        """Where uploads are decoded: ``"gpu"`` (in the batcher) or ``"cpu"`` (in the request threads)."""
+        return "cpu" if self.batch_decode is None else "gpu"
 
     def warm_up(self) -> None:
         try:
+            if self.batch_decode is not None:  # nvJPEG's first batched call sets it up
+                self.batch_decode([("warm-up.jpg", _small_jpeg())])
             self.classifier.warm_up(1)
             if self.config.max_batch_size > 1:
                 self.classifier.warm_up(self.config.max_batch_size)
@@ -126,7 +188,18 @@ class _State:
             return
         self.ready.set()
         self.metrics.ready.set(1)
-        log.info("model %s ready on %s", self.classifier.name, self.classifier.device)
+        log.info(
+            "model %s ready on %s, uploads decoded on the %s", self.classifier.name, self.classifier.device,
+            self.decode.upper(),
+        )  # fmt: skip
+
+
+def _small_jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def _error(status: int, error: str, message: str, **extra: Any) -> tuple[Response, int]:
@@ -136,9 +209,16 @@ def _error(status: int, error: str, message: str, **extra: Any) -> tuple[Respons
 
 
 def create_app(
-    config: ServerConfig | None = None, *, classifier: Classifier | None = None, warm_up_async: bool = True
+    config: ServerConfig | None = None,
+    *,
+    classifier: Classifier | None = None,
+    warm_up_async: bool = True,
+    upload_decoding: UploadDecoding | None = None,
 ) -> Flask:
-    """The Flask app. Loads the model now (unless ``classifier`` is given) and warms it up in the background."""
+    """The Flask app. Loads the model now (unless ``classifier`` is given) and warms it up in the background.
+
+    ``upload_decoding``: where uploads are decoded (default :class:`UploadDecoding`: as ``predict``).
+    """
     require_flask()
     from flask import Flask, Request, g, jsonify, request
     from werkzeug.exceptions import HTTPException
@@ -156,7 +236,7 @@ def create_app(
         classifier = load_classifier(config.options)
     classifier.check_top_k(config.top_k)
     check_threshold(config.threshold)
-    info = provenance(classifier, config)
+    batch_decode = (upload_decoding or UploadDecoding()).batch_decoder(classifier)
 
     class InMemoryRequest(Request):
         """Uploads are parsed into memory (Werkzeug spools large files to disk by default)."""
@@ -170,7 +250,8 @@ def create_app(
     app.config["MAX_FORM_MEMORY_SIZE"] = int(config.max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     metrics = _Metrics()
-    state = _State(classifier, config, metrics)
+    state = _State(classifier, config, metrics, batch_decode)
+    info = provenance(classifier, config, decode=state.decode)
     app.extensions["imgclassify"] = state
     if warm_up_async:
         threading.Thread(target=state.warm_up, name="imgclassify-warmup", daemon=True).start()
@@ -305,21 +386,32 @@ def tutorial_record(prediction: Prediction, filename: str | None, model: str, *,
 
 
 def _classify(state: _State, uploads: list[Any], top_k: int, threshold: float | None = None) -> list[dict[str, Any]]:
-    """Decode each upload, batch the good ones through the dynamic batcher, answer in order."""
+    """Classify the uploads through the dynamic batcher, each with its own error, answers in order.
+
+    CPU decoding: decode here and submit the good ones' uint8 batch. GPU decoding: submit the
+    bytes; the batcher decodes them with the other requests' and answers rows and errors.
+    """
     import torch
 
     classifier = state.classifier
     names = [os.path.basename(upload.filename or "") or None for upload in uploads]
-    tensors, errors = [], {}
-    for index, upload in enumerate(uploads):
-        tensor, error = classifier.decoder.try_decode(upload.read())
-        if tensor is None:
-            errors[index] = error or "cannot decode image"
-        else:
-            tensors.append(tensor)
-    probs = None
-    if tensors:
-        probs = state.batcher.submit(torch.stack(tensors)).result(timeout=state.config.request_timeout_s)
+    timeout = state.config.request_timeout_s
+    probs: torch.Tensor | None = None
+    errors: dict[int, str] = {}
+    if state.batch_decode is not None:
+        items = [(name or "", upload.read()) for name, upload in zip(names, uploads, strict=True)]
+        answer = state.batcher.submit(items).result(timeout=timeout)
+        probs, errors = answer.probs, answer.errors
+    else:
+        tensors = []
+        for index, upload in enumerate(uploads):
+            tensor, error = classifier.decoder.try_decode(upload.read())
+            if tensor is None:
+                errors[index] = error or "cannot decode image"
+            else:
+                tensors.append(tensor)
+        if tensors:
+            probs = state.batcher.submit(torch.stack(tensors)).result(timeout=timeout).probs
     predictions = classifier.renderer(top_k, threshold).render([name or "" for name in names], probs, errors)
     return [
         tutorial_record(prediction, name, classifier.name, with_top_k=top_k > 1)
@@ -327,8 +419,11 @@ def _classify(state: _State, uploads: list[Any], top_k: int, threshold: float | 
     ]
 
 
-def provenance(classifier: Classifier, config: ServerConfig) -> dict[str, Any]:
-    """What ``GET /info`` answers: the run manifest's model provenance, plus the server's settings."""
+def provenance(classifier: Classifier, config: ServerConfig, *, decode: str = "cpu") -> dict[str, Any]:
+    """What ``GET /info`` answers: the run manifest's model provenance, plus the server's settings.
+
+    ``decode``: where uploads are decoded, ``"gpu"`` or ``"cpu"`` (see :class:`UploadDecoding`).
+    """
     from . import __version__
     from .backends import Backend
     from .manifest import describe_model, host, library_versions
@@ -348,6 +443,7 @@ def provenance(classifier: Classifier, config: ServerConfig) -> dict[str, Any]:
             "max_upload_mb": config.max_upload_mb,
             "max_batch_size": config.max_batch_size,
             "max_batch_delay_ms": config.max_batch_delay_ms,
+            "decode": decode,
         },
     }
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 import torch
 
-from imgclassify.batching import DynamicBatcher
+from imgclassify.batching import Answer, DynamicBatcher
 from imgclassify.errors import UsageError
 from imgclassify.resume import recorded_paths, resume_key
 from imgclassify.runner import failure_limit
@@ -107,6 +108,13 @@ def rows(first: int, count: int) -> torch.Tensor:
     return torch.arange(first, first + count).view(count, 1)
 
 
+def probs(future: Future[Answer]) -> torch.Tensor:
+    """A tensor job's rows: every image has a row, none an error."""
+    answer = future.result(timeout=10)
+    assert answer.probs is not None and answer.errors == {}
+    return answer.probs
+
+
 def test_batcher_gives_each_caller_its_own_rows_in_shared_batches() -> None:
     forward = Recorder(delay=0.01)
     batcher = DynamicBatcher(forward, max_batch_size=8, max_delay_s=0.05)
@@ -115,7 +123,7 @@ def test_batcher_gives_each_caller_its_own_rows_in_shared_batches() -> None:
 
     def call(i: int) -> None:
         start.wait()
-        results[i] = batcher.submit(rows(i * 10, 1 + i % 3)).result(timeout=10)
+        results[i] = probs(batcher.submit(rows(i * 10, 1 + i % 3)))
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
     for t in threads:
@@ -133,7 +141,7 @@ def test_batcher_never_exceeds_max_batch_size_and_carries_the_rest() -> None:
     forward = Recorder()
     batcher = DynamicBatcher(forward, max_batch_size=4, max_delay_s=0.2)
     futures = [batcher.submit(rows(0, 3)), batcher.submit(rows(3, 3)), batcher.submit(rows(6, 1))]
-    got = [f.result(timeout=10).flatten().tolist() for f in futures]
+    got = [probs(f).flatten().tolist() for f in futures]
     batcher.close()
     assert got == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0], [6.0]]
     assert forward.sizes == [3, 4]  # the second job would overflow the first batch: it starts the next
@@ -153,14 +161,14 @@ def test_batcher_failure_reaches_every_caller_of_that_batch_and_it_keeps_going()
     for future in first:
         with pytest.raises(RuntimeError, match="model failed"):
             future.result(timeout=10)
-    assert batcher.submit(rows(5, 2)).result(timeout=10).flatten().tolist() == [5.0, 6.0]
+    assert probs(batcher.submit(rows(5, 2))).flatten().tolist() == [5.0, 6.0]
     batcher.close()
 
 
 def test_batcher_without_delay_runs_alone_and_close_stops_the_thread() -> None:
     forward = Recorder()
     batcher = DynamicBatcher(forward, max_batch_size=8, max_delay_s=0.0)
-    assert batcher.submit(rows(0, 2)).result(timeout=10).flatten().tolist() == [0.0, 1.0]
+    assert probs(batcher.submit(rows(0, 2))).flatten().tolist() == [0.0, 1.0]
     batcher.close()
     assert not batcher._thread.is_alive()
     with pytest.raises(ValueError, match="max_batch_size"):
