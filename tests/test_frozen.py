@@ -29,6 +29,7 @@ def small_net() -> nn.Module:
     )  # fmt: skip
     for module in net:
         if isinstance(module, nn.BatchNorm2d):  # non-trivial statistics, so folding them matters
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     return net
