@@ -53,6 +53,11 @@ class FrozenGraphBackend:
         return self.eager.device
 
     @property
+    def model(self) -> torch.nn.Module:
+        """The eager torch module (what the graph was traced from)."""
+        return self.eager.model
+
+    @property
     def graphs(self) -> dict[tuple[int, ...], Any]:
         return self._graphs
 
