@@ -58,6 +58,7 @@ def test_fp32_needs_a_longer_run_than_bf16() -> None:
         backend = frozen(precision)
         backend.plan(4, 8)
         backend(batch(4))
+        backend(batch(4))
         runs[precision] = [g is not None for g in backend.graphs.values()]
     assert runs == {Precision.BF16: [True], Precision.FP32: []}
 
@@ -71,6 +72,9 @@ def test_a_graph_only_for_runs_that_repay_it(precision: Precision) -> None:
     assert backend.graphs == {}
     backend.plan(4, MIN_BATCHES[precision])
     backend(batch(3))  # another shape (the last, smaller batch): eager
+    backend(batch(3))
+    assert backend.graphs == {}
+    backend(batch(4))  # the first batch of the planned shape: eager, so the first records come out first
     assert backend.graphs == {}
     backend(batch(4))
     assert list(backend.graphs) == [(4, 3, 32, 32)] and backend.graphs[(4, 3, 32, 32)] is not None
@@ -81,6 +85,7 @@ def test_fp32_graph_agrees_with_eager_within_rounding() -> None:
     x = batch(4)
     eager = backend(x)
     backend.plan(4, 1000)
+    assert torch.equal(backend(x), eager)  # the first planned batch is eager
     graph = backend(x)
     assert backend.graphs[(4, 3, 32, 32)] is not None
     assert torch.equal(graph.argmax(1), eager.argmax(1))
@@ -97,6 +102,7 @@ def test_a_graph_that_disagrees_is_dropped(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(torch.jit, "freeze", freeze_then_break)
     backend.plan(4, 1000)
+    backend(batch(4))
     eager = backend(batch(4))
     assert backend.graphs == {(4, 3, 32, 32): None}  # tried once, dropped, eager from then on
     backend.enabled = False

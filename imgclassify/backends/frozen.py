@@ -10,8 +10,9 @@ Tracing costs about five eager batches, so a graph is made only when the run is 
 repay it (:data:`MIN_BATCHES`, in full batches, so it scales with the model and the CPU): in
 bf16 eager casts every weight on every pass, so a few batches pay; in fp32 the gain is 15-30%
 per batch, so it takes about 30. The graph serves the one batch shape that comes often
-(:meth:`plan`); other shapes (the last, smaller batch) run eagerly. It is checked against eager
-on its first batch and dropped if they disagree.
+(:meth:`plan`); other shapes (the last, smaller batch) run eagerly. The first batch of that
+shape runs eagerly too, so the first records come out before the tracing; the graph is made on
+the second, checked against eager on it, and dropped if they disagree.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class FrozenGraphBackend:
         self.enabled = True
         self._batch_size: int | None = None  # the batch size the graph serves
         self._graphs: dict[tuple[int, ...], Any] = {}  # shape -> graph, or None where tracing failed
+        self._seen: set[tuple[int, ...]] = set()  # shapes run eagerly once already
 
     @staticmethod
     def supports(precision: Precision) -> bool:
@@ -67,7 +69,7 @@ class FrozenGraphBackend:
 
     def __getstate__(self) -> dict[str, Any]:  # TorchScript graphs do not pickle: retrace on the other side
         state = self.__dict__.copy()
-        state["_graphs"] = {}
+        state["_graphs"], state["_seen"] = {}, set()
         return state
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -82,6 +84,9 @@ class FrozenGraphBackend:
     def _graph_for(self, x: torch.Tensor) -> Any:
         shape = tuple(x.shape)
         if not self.enabled or self._batch_size is None or shape[0] != self._batch_size:
+            return None
+        if shape not in self._seen:  # first records first: trace on the next batch
+            self._seen.add(shape)
             return None
         if shape not in self._graphs:
             self._graphs[shape] = self._trace(x)
