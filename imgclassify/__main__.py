@@ -1,4 +1,4 @@
-from .cli import app
+from .cli import entry_point
 
 if __name__ == "__main__":
-    app(prog_name="imgclassify")
+    entry_point()

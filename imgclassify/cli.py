@@ -41,6 +41,23 @@ app = typer.Typer(
 log = logging.getLogger("imgclassify")
 
 
+def entry_point() -> None:
+    """The console script: the commands, then a quick exit (:func:`runtime.exit_process`)."""
+    from .runtime import exit_process
+
+    try:
+        app(prog_name="imgclassify")
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): Python prints it and exits 1
+        print(code, file=sys.stderr)
+        code = 1
+    exit_process(code)
+
+
 class _Formatter(logging.Formatter):
     """``imgclassify: warning: message``: lower-case level names, without renaming them process-wide."""
 

@@ -9,11 +9,14 @@ DenseNet-121 fp32 on a 2-core Xeon went from 31.7 to 38.8 images/s (channels_las
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import sys
+import threading
+from typing import NoReturn
 
 log = logging.getLogger("imgclassify")
 
@@ -62,3 +65,38 @@ def configure_process() -> None:
     """The process-wide speed settings, applied once by an entry point (the CLI, a server worker)."""
     tune_allocator()
     configure_threads()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End an entry point's process with ``code``, without torch's teardown when nothing needs it.
+
+    A process that imported torch spends about 0.5 s in the interpreter's teardown (measured on
+    a 2-core EPYC: ``python -c "import torch"`` 1.74 s, 1.28 s ending with ``os._exit``), a
+    third of a one-image run. When the command is done (every output written and closed, no
+    thread or child process still running), the exit handlers run (``atexit``: temporary
+    directories, Ray, logging), the standard streams are flushed, and the process ends with
+    ``os._exit``. Otherwise, and when torch was never imported, the interpreter exits normally.
+    """
+    import atexit
+
+    _flush_stdio()
+    if "torch" not in sys.modules or _still_running():
+        raise SystemExit(code)
+    atexit._run_exitfuncs()
+    _flush_stdio()
+    os._exit(code)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be written
+            stream.flush()
+
+
+def _still_running() -> bool:
+    """A thread that would be joined at exit, or a child process, is still there."""
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return True
+    multiprocessing = sys.modules.get("multiprocessing")
+    return bool(multiprocessing is not None and multiprocessing.active_children())

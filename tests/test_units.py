@@ -173,3 +173,23 @@ def test_batcher_without_delay_runs_alone_and_close_stops_the_thread() -> None:
     assert not batcher._thread.is_alive()
     with pytest.raises(ValueError, match="max_batch_size"):
         DynamicBatcher(forward, max_batch_size=0)
+
+
+def test_quick_exit_waits_for_threads_and_children() -> None:
+    import threading
+
+    from imgclassify.runtime import _still_running
+
+    assert not _still_running()
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)  # not a daemon: the interpreter would join it
+    worker.start()
+    try:
+        assert _still_running()
+    finally:
+        release.set()
+        worker.join()
+    assert not _still_running()
+    daemon = threading.Thread(target=release.wait, daemon=True)
+    daemon.start()
+    assert not _still_running()  # daemon threads are not waited for at exit either
