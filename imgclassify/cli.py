@@ -261,7 +261,16 @@ def predict(
             help="With --output FILE (jsonl/csv): skip inputs already recorded there, append the rest. Refused when the manifest shows another model or options.",
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.")] = 8,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Images per forward pass. Default: from the device the model runs on: 8 on the CPU (and mps), 64 on CUDA.",
+            show_default=False,
+        ),
+    ] = None,
     top_k: TopKOpt = 1,
     threshold: ThresholdOpt = None,
     output_format: Annotated[
@@ -507,8 +516,14 @@ def serve(
         float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body accepted (413 beyond).")
     ] = 20.0,
     max_batch_size: Annotated[
-        int, typer.Option("--max-batch-size", min=1, help="Most images stacked into one forward pass.")
-    ] = 8,
+        Optional[int],
+        typer.Option(
+            "--max-batch-size",
+            min=1,
+            help="Most images stacked into one forward pass. Default: from the device the model runs on: 8 on the CPU (and mps), 64 on CUDA.",
+            show_default=False,
+        ),
+    ] = None,
     max_batch_delay_ms: Annotated[
         float,
         typer.Option("--max-batch-delay-ms", min=0.0, help="How long a request waits for others to share its batch."),

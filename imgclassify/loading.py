@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from .backends import Backend
-from .errors import ImageError
+from .errors import ImageError, UsageError
 from .imaging import DecodeOptions, load_tensor
 from .registry import PreprocessConfig
 from .runtime import available_cores
@@ -101,6 +101,35 @@ def collate(items: list[DecodedItem]) -> Batch:
         tensor=torch.stack(good) if good else None,
         errors={item.index: item.error for item in items if item.error is not None},
     )
+
+
+#: images per forward pass when none is asked for (``-b``), by the type of the device the model
+#: runs on: the one table (see :func:`default_batch_size`)
+DEFAULT_BATCH_SIZES: dict[str, int] = {"cpu": 8, "cuda": 64, "mps": 8}
+
+
+def default_batch_size(device_type: str) -> int:
+    """Images per forward pass on a device of this type (cpu, cuda, mps) when none is asked for.
+
+    CPU: 8, the batch every CPU number in the README's "Performance" was measured at.
+    CUDA: 64, NOT measured on a GPU here: a conservative start from public numbers (timm's
+    benchmarks run DenseNet-121 at batch 256; batch 8 leaves most of a GPU idle). A GPU too
+    small for it runs out of memory once, and the backend's out-of-memory halving
+    (backends/oom.py) keeps the size that fits. Measure a GPU with
+    ``benchmarks/throughput.py --device cuda --batch-size N``. MPS: 8, as the CPU (nothing was
+    measured there). Another device type gets the CPU's.
+    """
+    return DEFAULT_BATCH_SIZES.get(device_type, DEFAULT_BATCH_SIZES["cpu"])
+
+
+def resolve_batch_size(batch_size: int | None, device: str | torch.device) -> int:
+    """``batch_size`` when given (at least 1), else :func:`default_batch_size` for ``device``
+    (the device the model runs on, resolved: ``"cuda:0"``, ``torch.device("cpu")``)."""
+    if batch_size is None:
+        return default_batch_size(str(device).partition(":")[0])
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
 
 
 def default_workers(

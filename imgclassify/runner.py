@@ -42,7 +42,9 @@ RESUMABLE = (OutputFormat.JSONL, OutputFormat.CSV)
 class PredictOptions:
     inputs: list[str]
     model: ModelOptions = field(default_factory=ModelOptions)
-    batch_size: int = 8
+    #: images per forward pass; None: the default for the device the model runs on, resolved once
+    #: the engine started (:func:`~imgclassify.loading.default_batch_size`), as the manifest records it
+    batch_size: int | None = None
     top_k: int = 1
     workers: int | None = None
     output_format: OutputFormat | None = None
@@ -189,7 +191,7 @@ def check_writable(path: Path, option: str) -> None:
 
 def validate(options: PredictOptions, fmt: OutputFormat) -> None:
     """Every check that needs neither the inputs nor the model: costs no model load."""
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
     if options.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
@@ -242,7 +244,7 @@ def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path,
 
 def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
     section: dict[str, Any] = {
-        "batch_size": options.batch_size,
+        "batch_size": options.batch_size,  # None until the engine's device resolves it (_Run.execute)
         "top_k": options.top_k,
         "workers": options.workers,
         "format": fmt.value,
@@ -329,8 +331,12 @@ class _Run:
         )
 
     def execute(self, engine: Engine, stdout: TextIO, stderr: TextIO) -> RunSummary:
+        from .loading import resolve_batch_size
+
         options, fmt = self.options, self.fmt
         check_top_k(options.top_k, len(engine.label_set.labels))
+        batch_size = resolve_batch_size(options.batch_size, engine.device)  # the device is known now
+        self.run_section["batch_size"] = batch_size
         resuming = options.resume and self.old_manifest is not None
         # provenance (the sha256 of the weights file) only when a manifest or --resume needs it
         needs_model_section = self.manifest_path is not None or resuming
@@ -368,7 +374,7 @@ class _Run:
             if options.sort.dry_run and options.output is None:
                 records_out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  stdout holds the plan
         try:
-            batches = engine.batches(paths, batch_size=options.batch_size, top_k=options.top_k, workers=options.workers)
+            batches = engine.batches(paths, batch_size=batch_size, top_k=options.top_k, workers=options.workers)
             _write_batches(
                 batches, len(paths), options, fmt, header, self.limit, summary, records_out or stdout, stderr,
                 self.show_progress, sorter,

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +53,9 @@ class ServerConfig:
     options: ModelOptions = field(default_factory=ModelOptions)
     top_k: int = 1
     max_upload_mb: float = 20.0
-    max_batch_size: int = 8
+    #: most images per forward pass; None: the default for the device the model runs on, resolved
+    #: by ``create_app`` once the classifier is loaded (:func:`~imgclassify.loading.default_batch_size`)
+    max_batch_size: int | None = None
     max_batch_delay_ms: float = 5.0
     request_timeout_s: float = 60.0
     read_timeout_s: float = 30.0  # `imgclassify serve`: a request body that stalls this long is cut off (408)
@@ -66,8 +68,22 @@ class ServerConfig:
         kinds = {f.name: _KINDS[str(f.type)] for f in fields(cls) if f.name != "options"}
         return cls(options=ModelOptions.from_env(env), **read_env(env, kinds))
 
+    def resolved_for(self, device: str | torch.device) -> ServerConfig:
+        """This config with the defaults that depend on the device the model runs on filled in."""
+        from .loading import resolve_batch_size
 
-_KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str, "float | None": float}
+        try:
+            max_batch_size = resolve_batch_size(self.max_batch_size, device)
+        except UsageError:
+            raise UsageError(
+                f"--max-batch-size (IMGCLASSIFY_MAX_BATCH_SIZE) must be at least 1, got {self.max_batch_size}"
+            ) from None
+        return replace(self, max_batch_size=max_batch_size)
+
+
+_KINDS: dict[str, type] = {
+    "int": int, "float": float, "bool": bool, "str": str, "float | None": float, "int | None": int,
+}  # fmt: skip
 
 
 #: uploads as (name, bytes) -> (uint8 rows on the device for the decodable ones, ``{position: error}``):
@@ -181,8 +197,8 @@ class _State:
             if self.batch_decode is not None:  # nvJPEG's first batched call sets it up
                 self.batch_decode([("warm-up.jpg", _small_jpeg())])
             self.classifier.warm_up(1)
-            if self.config.max_batch_size > 1:
-                self.classifier.warm_up(self.config.max_batch_size)
+            if self.batcher.max_batch_size > 1:
+                self.classifier.warm_up(self.batcher.max_batch_size)
         except Exception:  # pragma: no cover - reported by /readyz staying 503
             log.exception("warm-up failed")
             return
@@ -236,6 +252,7 @@ def create_app(
         classifier = load_classifier(config.options)
     classifier.check_top_k(config.top_k)
     check_threshold(config.threshold)
+    config = config.resolved_for(classifier.device)
     batch_decode = (upload_decoding or UploadDecoding()).batch_decoder(classifier)
 
     class InMemoryRequest(Request):

@@ -40,9 +40,12 @@ class Engine(Protocol):
         """Load the model (or start the workers that will): every check that can fail early."""
 
     def batches(
-        self, paths: Sequence[str], *, batch_size: int, top_k: int, workers: int | None
+        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
     ) -> Iterator[list[Prediction]]:
-        """Records for ``paths`` in input order, a list at a time."""
+        """Records for ``paths`` in input order, a list at a time.
+
+        ``batch_size`` None: the default for :attr:`device` (:func:`~imgclassify.loading.resolve_batch_size`).
+        """
 
     def describe(self) -> dict[str, Any]:
         """The manifest's ``engine`` section (called at the start and again at the end)."""

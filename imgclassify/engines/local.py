@@ -42,11 +42,12 @@ class LocalEngine:
         return self._loaded.label_set
 
     def batches(
-        self, paths: Sequence[str], *, batch_size: int, top_k: int, workers: int | None
+        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
     ) -> Iterator[list[Prediction]]:
-        from ..loading import default_workers
+        from ..loading import default_workers, resolve_batch_size
 
         classifier = self._loaded
+        batch_size = resolve_batch_size(batch_size, classifier.device)
         if workers is None:
             workers = default_workers(len(paths), batch_size, classifier.device.type, classifier.backend_kind)
         self.decode_workers = workers

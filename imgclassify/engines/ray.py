@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, ImgclassifyError, UsageError
-from ..loading import Decoder
+from ..loading import Decoder, resolve_batch_size
 from ..records import Candidate, Prediction
 
 if TYPE_CHECKING:
@@ -251,12 +251,13 @@ class RayEngine:
 
     # -- the run -----------------------------------------------------------------------------
     def batches(
-        self, paths: Sequence[str], *, batch_size: int, top_k: int, workers: int | None
+        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
     ) -> Iterator[list[Prediction]]:
         """Records in input order, one list per batch of the actors (``workers`` is not used)."""
         import ray
         from ray.data import DataContext
 
+        batch_size = resolve_batch_size(batch_size, self.device)  # the actors' device
         if not paths:
             return
         context = DataContext.get_current()
