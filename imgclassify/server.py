@@ -149,7 +149,7 @@ class _Metrics:
             "imgclassify_batch_size",
             "Images per forward pass",
             registry=self.registry,
-            buckets=(1, 2, 4, 8, 16, 32, 64),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.ready = Gauge("imgclassify_ready", "1 once the model is loaded and warmed up", registry=self.registry)
 
