@@ -175,21 +175,36 @@ def test_batcher_without_delay_runs_alone_and_close_stops_the_thread() -> None:
         DynamicBatcher(forward, max_batch_size=0)
 
 
-def test_quick_exit_waits_for_threads_and_children() -> None:
+def test_quick_exit_waits_for_threads_and_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
     import threading
 
     from imgclassify.runtime import _still_running
 
+    # the threads and children this process sees, as the test sets them (earlier tests leave some)
+    main = threading.main_thread()
+    threads: list[threading.Thread] = [main]
+    children: list[object] = []
+    monkeypatch.setattr(threading, "enumerate", lambda: list(threads))
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: list(children))
     assert not _still_running()
     release = threading.Event()
     worker = threading.Thread(target=release.wait)  # not a daemon: the interpreter would join it
     worker.start()
+    threads.append(worker)
     try:
         assert _still_running()
     finally:
         release.set()
         worker.join()
-    assert not _still_running()
-    daemon = threading.Thread(target=release.wait, daemon=True)
+    assert not _still_running()  # finished
+    hold = threading.Event()
+    daemon = threading.Thread(target=hold.wait, daemon=True)
     daemon.start()
-    assert not _still_running()  # daemon threads are not waited for at exit either
+    threads[1:] = [daemon]
+    try:
+        assert daemon.is_alive() and not _still_running()  # daemon threads are not waited for at exit
+    finally:
+        hold.set()
+    children.append(object())
+    assert _still_running()  # a child process is
