@@ -2,7 +2,7 @@
 predict` end to end, in ONE run on one corpus, so the ratios compare like with like.
 
     python benchmarks/throughput.py [--model densenet121] [--images 500] [--device cpu]
-                                    [--batch-size 8] [--configs default bf16 ...] [--memory]
+                                    [--batch-size N] [--configs default bf16 ...] [--memory]
                                     [--corpus imagenet|camera]
 
 Works offline: the model gets random weights saved to a temporary file (speed does not depend
@@ -265,7 +265,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--seed-images", type=int, default=100, help="images for the in-process tutorial loop")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the tool's own for --device (8 on the CPU, 64 on CUDA)"
+    )
     parser.add_argument(
         "--configs", nargs="+", default=["default", "threads=0", "bf16", "int8"], choices=sorted(CONFIGS)
     )
@@ -274,6 +276,9 @@ def main() -> None:
     parser.add_argument("--corpus", choices=["imagenet", "camera"], default="imagenet", help="photo sizes")
     args = parser.parse_args()
     from imgclassify.capabilities import cpu_description, cpu_features
+    from imgclassify.loading import resolve_batch_size
+
+    args.batch_size = resolve_batch_size(args.batch_size, args.device)
 
     tmp = Path(tempfile.mkdtemp(prefix="imgclassify-bench-"))
     os.environ["IMGCLASSIFY_CACHE"] = str(tmp / "cache")  # OpenVINO converts (int8: quantizes) in the pure-model step
