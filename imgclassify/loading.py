@@ -122,13 +122,18 @@ def default_batch_size(device_type: str) -> int:
     return DEFAULT_BATCH_SIZES.get(device_type, DEFAULT_BATCH_SIZES["cpu"])
 
 
-def resolve_batch_size(batch_size: int | None, device: str | torch.device) -> int:
+def check_batch_size(batch_size: int | None, option: str = "--batch-size") -> None:
+    """A batch size asked for is at least 1 (None: not asked for, the device's default)."""
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"{option} must be at least 1, got {batch_size}")
+
+
+def resolve_batch_size(batch_size: int | None, device: str | torch.device, option: str = "--batch-size") -> int:
     """``batch_size`` when given (at least 1), else :func:`default_batch_size` for ``device``
     (the device the model runs on, resolved: ``"cuda:0"``, ``torch.device("cpu")``)."""
+    check_batch_size(batch_size, option)
     if batch_size is None:
         return default_batch_size(str(device).partition(":")[0])
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     return batch_size
 
 

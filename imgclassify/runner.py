@@ -191,8 +191,9 @@ def check_writable(path: Path, option: str) -> None:
 
 def validate(options: PredictOptions, fmt: OutputFormat) -> None:
     """Every check that needs neither the inputs nor the model: costs no model load."""
-    if options.batch_size is not None and options.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {options.batch_size}")
+    from .loading import check_batch_size
+
+    check_batch_size(options.batch_size)
     if options.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
     if options.workers is not None and options.workers < 0:

@@ -72,13 +72,8 @@ class ServerConfig:
         """This config with the defaults that depend on the device the model runs on filled in."""
         from .loading import resolve_batch_size
 
-        try:
-            max_batch_size = resolve_batch_size(self.max_batch_size, device)
-        except UsageError:
-            raise UsageError(
-                f"--max-batch-size (IMGCLASSIFY_MAX_BATCH_SIZE) must be at least 1, got {self.max_batch_size}"
-            ) from None
-        return replace(self, max_batch_size=max_batch_size)
+        option = "--max-batch-size (IMGCLASSIFY_MAX_BATCH_SIZE)"
+        return replace(self, max_batch_size=resolve_batch_size(self.max_batch_size, device, option))
 
 
 _KINDS: dict[str, type] = {
