@@ -110,8 +110,12 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     from imgclassify.capabilities import cpu_description
+    from imgclassify.engines.ray import RAY_CLUSTER_SWITCH
 
-    env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1"}
+    # loopback only: the local Rays as the engine's own (ray_startup too), and the drivers reach the
+    # cluster's 127.0.0.1 address there (with Ray's cluster switch on, they would resolve it to the
+    # machine's network address)
+    env = {**os.environ, "IMGCLASSIFY_OFFLINE": "1", RAY_CLUSTER_SWITCH: "0"}
     env.pop("RAY_ADDRESS", None)
     cores = os.cpu_count() or 1
     common = ["-m", args.model, "-b", str(args.batch_size), "--device", "cpu"]
@@ -147,7 +151,12 @@ def main() -> None:
 
         cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": cores, "object_store_memory": 300 * MB, "include_dashboard": False},
+            head_node_args={
+                "num_cpus": cores,
+                "object_store_memory": 300 * MB,
+                "include_dashboard": False,
+                "node_ip_address": "127.0.0.1",
+            },
         )
         try:
             address = ["--engine", "ray", "--ray-address", cluster.address]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from . import __version__
 from .backends import Backend
@@ -39,6 +40,48 @@ app = typer.Typer(
 )
 
 log = logging.getLogger("imgclassify")
+
+E = TypeVar("E", bound=enum.Enum)
+
+#: what an option's value is, in its help line (``--model NAME``); options not listed show their name
+METAVARS = {
+    "model": "NAME", "weights": "FILE", "labels": "FILE", "device": "DEVICE", "max_pixels": "N", "top_k": "K",
+    "threshold": "P", "max_failures": "N|N%", "batch_size": "N", "output": "FILE", "manifest": "FILE",
+    "workers": "N", "sort_into": "DIR", "shard": "K/N", "ray_address": "ADDRESS", "ray_actors": "N",
+    "image": "FILE", "host": "ADDRESS", "port": "PORT", "threads": "N", "max_upload_mb": "MB",
+    "max_batch_size": "N", "max_batch_delay_ms": "MS", "read_timeout": "SECONDS", "thumbnail_size": "PIXELS",
+    "base_dir": "DIR", "title": "TEXT", "results_format": "json|jsonl|csv",
+}  # fmt: skip
+ARGUMENT_METAVARS = {"paths": "PATH", "shards": "SHARD", "output": "OUTPUT", "results": "RESULTS"}
+
+
+class Command(TyperCommand):
+    """A command whose help names values (``--model NAME``, ``PATHS...``), never Python types (``<list[str]>``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument):
+                if param.metavar is None:  # the usage line adds "..." where it takes several
+                    param.metavar = ARGUMENT_METAVARS.get(param.name or "", (param.name or "").upper())
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+            elif isinstance(param, TyperOption) and param.metavar is None and not param.is_flag:
+                param.metavar = METAVARS.get(param.name or "", (param.name or "").upper())
+
+
+def choice(kind: type[E], what: str) -> dict[str, Any]:
+    """Option keywords for a closed set: the values in the help, and an error that lists them."""
+    values = [str(member.value) for member in kind]
+
+    def parse(value: str | E) -> E:
+        if isinstance(value, kind):
+            return value
+        try:
+            return kind(str(value).lower())
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a {what}; the {what}s are: {', '.join(values)}") from None
+
+    return {"parser": parse, "metavar": "|".join(values)}
 
 
 def entry_point() -> None:
@@ -143,11 +186,15 @@ PrecisionOpt = Annotated[
     Precision,
     typer.Option(
         "--precision",
+        **choice(Precision, "precision"),
         help="fp32 (exact), bf16/fp16 autocast where the device supports it, or int8 (OpenVINO on the CPU, quantized once).",
     ),
 ]
 BackendOpt = Annotated[
-    Backend, typer.Option("--backend", help="torch, or openvino (CPU; the imgclassify[openvino] extra).")
+    Backend,
+    typer.Option(
+        "--backend", **choice(Backend, "backend"), help="torch, or openvino (CPU; the imgclassify[openvino] extra)."
+    ),
 ]
 FastDecodeOpt = Annotated[
     bool,
@@ -179,6 +226,9 @@ ThresholdOpt = Annotated[
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only errors on stderr: no progress, warnings or summary.")
+]
+ServeQuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr: no start-up line or request log.")
 ]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download weights (also: IMGCLASSIFY_OFFLINE=1).")]
 
@@ -235,7 +285,7 @@ def with_model_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@app.command()
+@app.command(cls=Command, short_help="Classify images: a record per file, in input order.")
 @with_model_options
 def predict(
     paths: Annotated[
@@ -278,7 +328,8 @@ def predict(
         typer.Option(
             "--format",
             "-f",
-            help="Output format. Default: table on a terminal, else JSONL (or from --output's suffix).",
+            **choice(OutputFormat, "format"),
+            help="Output format. Default: from --output's suffix (.json, .jsonl, .ndjson, .csv); else table on a terminal, JSONL otherwise.",
             show_default=False,
         ),
     ] = None,
@@ -330,7 +381,10 @@ def predict(
     sort_mode: Annotated[
         Optional[SortMode],
         typer.Option(
-            "--sort-mode", help="copy (default: sources untouched), hardlink, symlink or move.", show_default=False
+            "--sort-mode",
+            **choice(SortMode, "sort mode"),
+            help="copy (default: sources untouched), hardlink, symlink or move.",
+            show_default=False,
         ),
     ] = None,
     dry_run: Annotated[
@@ -352,6 +406,7 @@ def predict(
         EngineKind,
         typer.Option(
             "--engine",
+            **choice(EngineKind, "engine"),
             help="Where the model runs: local (this process), or ray (a Ray cluster; the imgclassify[ray] extra).",
         ),
     ] = EngineKind.LOCAL,
@@ -409,11 +464,17 @@ class ListFormat(str, enum.Enum):
     JSON = "json"
 
 
-@app.command("models")
+@app.command("models", cls=Command, short_help="List the models and whether they work offline.")
 def list_models(
     output_format: Annotated[
         Optional[ListFormat],
-        typer.Option("--format", "-f", help="table (default on a terminal) or json.", show_default=False),
+        typer.Option(
+            "--format",
+            "-f",
+            **choice(ListFormat, "format"),
+            help="table (default on a terminal) or json.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """List the models: name, parameters, input size, and whether their weights work offline now."""
@@ -458,9 +519,11 @@ def list_models(
     Console(highlight=False).print(table)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Check this environment (torch, devices, models).")
 def doctor(
-    output_format: Annotated[ListFormat, typer.Option("--format", "-f", help="table or json.")] = ListFormat.TABLE,
+    output_format: Annotated[
+        ListFormat, typer.Option("--format", "-f", **choice(ListFormat, "format"), help="table or json.")
+    ] = ListFormat.TABLE,
     image: Annotated[
         Optional[Path],
         typer.Option(
@@ -473,7 +536,7 @@ def doctor(
     ] = None,
 ) -> None:
     """Check this environment: Python, torch build, CUDA/MPS, OpenVINO, CPU, allocator, offline models, preprocessing parity. Exit 1 when a check fails."""
-    from .doctor import healthy, run_checks
+    from .doctor import healthy, print_table, run_checks
 
     with reporting_errors():
         checks = run_checks(image=image)
@@ -481,22 +544,11 @@ def doctor(
     if output_format is ListFormat.JSON:
         typer.echo(json.dumps({"ok": ok, "checks": [c.to_dict() for c in checks]}, indent=1))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title="imgclassify doctor", box=None, pad_edge=False, expand=False)
-        table.add_column("check", no_wrap=True)
-        table.add_column("status", no_wrap=True)
-        table.add_column("detail", overflow="fold")
-        for check in checks:
-            table.add_row(check.name, check.status.value, check.detail)
-        console = Console(highlight=False)
-        console.print(table)
-        console.print("all checks passed" if ok else "some checks failed")
+        print_table(checks, ok)
     raise typer.Exit(0 if ok else 1)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Serve the HTTP endpoint (POST /predict).")
 @with_model_options
 def serve(
     model_options: ModelOptions,
@@ -537,7 +589,7 @@ def serve(
             "--read-timeout", min=0.01, help="Seconds a client may stall while sending a request (408 after)."
         ),
     ] = 30.0,
-    quiet: QuietOpt = False,
+    quiet: ServeQuietOpt = False,
 ) -> None:
     """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /info, /healthz, /readyz, /metrics."""
     _setup_logging(quiet)
@@ -564,7 +616,7 @@ def serve(
         run_server(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Write an HTML page of a run's results.")
 def report(
     results: Annotated[
         Path,
@@ -644,7 +696,7 @@ def report(
         typer.echo(f"imgclassify: {summary.line()}", err=True)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Join the outputs of predict --shard K/N.")
 def merge(
     output: Annotated[
         Path,

@@ -16,10 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .extras import install_hint
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: the largest difference allowed between imgclassify's preprocessing and torchvision's reference
 PARITY_TOLERANCE = 1e-5
+#: the table's width into a file or a pipe: wide enough that no detail wraps (lines are as long as they need)
+UNWRAPPED_WIDTH = 1 << 16
 
 
 class Status(str, enum.Enum):
@@ -84,7 +91,9 @@ def check_openvino() -> Check:
     version = _version("openvino")
     if version is None:
         return Check(
-            "openvino", Status.INFO, "not installed (--backend openvino needs: pip install 'imgclassify[openvino]')"
+            "openvino",
+            Status.INFO,
+            f"not installed (--backend openvino and --precision int8 need it: {install_hint('openvino')})",
         )
     return Check("openvino", Status.OK, f"{version} (--backend openvino available)")
 
@@ -236,3 +245,29 @@ def run_checks(*, image: Path | None = None) -> list[Check]:
 
 def healthy(checks: list[Check]) -> bool:
     return all(check.status is not Status.FAIL for check in checks)
+
+
+def print_table(checks: list[Check], ok: bool, console: Console | None = None) -> None:
+    """The checks as a table, then one line: ``all checks passed`` or ``some checks failed``.
+
+    On a terminal the table fits its width, details wrapped between words (a path is cut only
+    when it alone is wider than the column). Into a file or a pipe nothing wraps: one line per
+    check, every path whole. Every text is literal: ``[openvino]`` is no markup. ``console``:
+    where to print (default: stdout, and a terminal's width or none).
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if console is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:  # rich's default there is 80 columns (or $COLUMNS)
+            console = Console(highlight=False, width=UNWRAPPED_WIDTH)
+    table = Table(title="imgclassify doctor", box=None, pad_edge=False, expand=False)
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    for check in checks:
+        table.add_row(Text(check.name), Text(check.status.value), Text(check.detail))
+    console.print(table)
+    console.print("all checks passed" if ok else "some checks failed", markup=False, highlight=False)

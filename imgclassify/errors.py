@@ -35,7 +35,11 @@ class UnknownModelError(ModelError):
 
 
 class WeightsUnavailableError(ModelError):
-    """The weights are neither cached nor downloadable (for example offline)."""
+    """The weights are neither cached nor downloadable (for example offline). ``reason``: why, in a few words."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class CheckpointError(ModelError):

@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .extras import install_hint
 from .registry import PreprocessConfig
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 #: ISO-BMFF major brands of HEIF/HEIC files (pillow-heif's list); AVIF is Pillow's own
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
-_HEIF_MISSING = "HEIC/HEIF image: install pillow-heif to read it (pip install 'imgclassify[heif]')"
+_HEIF_MISSING = f"HEIC/HEIF image: reading it needs pillow-heif (the heif extra): {install_hint('heif')}"
 
 
 # -- mode conversion -----------------------------------------------------------------------------

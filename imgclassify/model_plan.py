@@ -120,10 +120,8 @@ def plan_model(options: ModelOptions, *, progress: bool = False) -> ModelPlan:
             raise
         fallback = get_spec(FALLBACK_MODEL)
         log.warning(
-            "%s weights are unavailable (%s); using the bundled %s instead. To insist on %s, "
-            "pass --model %s with --weights FILE or with its file placed in the cache",
-            DEFAULT_MODEL, str(exc).split(": ", 2)[-1].split(". Fixes")[0], fallback.name,
-            DEFAULT_MODEL, DEFAULT_MODEL,
+            "no %s weights (%s): using the bundled %s; -m %s silences this",
+            DEFAULT_MODEL, exc.reason, fallback.name, fallback.name,
         )  # fmt: skip
         spec, path = fallback, resolve_weights(fallback, allow_download=allow, progress=progress)
     source = WeightsSource.BUNDLED if spec.bundled_package is not None else WeightsSource.CACHE

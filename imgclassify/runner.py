@@ -30,7 +30,7 @@ from .rendering import check_threshold, check_top_k, judge
 from .resume import recorded_paths, resume_key
 from .sharding import Shard
 from .sorting import Sorter, SortOptions, validate_sort
-from .sources import expand_inputs
+from .sources import ExpandedInputs, expand_inputs
 from .writers import SUFFIX_FORMATS, OutputFormat, make_writer
 
 log = logging.getLogger("imgclassify")
@@ -117,7 +117,7 @@ class RunSummary:
     def line(self) -> str:
         total = self.classified + self.failed
         rate = total / self.elapsed if self.elapsed > 0 else 0.0
-        skipped = f", {self.skipped_non_images} non-image files skipped" if self.skipped_non_images else ""
+        skipped = f", {counted(self.skipped_non_images, 'non-image file')} skipped" if self.skipped_non_images else ""
         resumed = f", {self.already_done} already in the output" if self.already_done else ""
         stopped = ""
         if self.signal is not None:
@@ -174,8 +174,38 @@ def choose_format(explicit: OutputFormat | None, output: Path | None, stdout: Te
     if explicit is not None:
         return explicit
     if output is not None:
-        return SUFFIX_FORMATS.get(output.suffix.lower(), OutputFormat.JSONL)
+        fmt = SUFFIX_FORMATS.get(output.suffix.lower())
+        if fmt is None:
+            suffixes = ", ".join(SUFFIX_FORMATS)
+            formats = ", ".join(f.value for f in OutputFormat)
+            what = f"its suffix {output.suffix!r}" if output.suffix else "a name without a suffix"
+            raise UsageError(
+                f"--output {output}: {what} names no format; give --format ({formats}) "
+                f"or a file name ending in one of {suffixes}"
+            )
+        return fmt
     return OutputFormat.TABLE if stdout.isatty() else OutputFormat.JSONL
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 non-image file``, ``2 non-image files``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def nothing_found(found: ExpandedInputs, inputs: list[str]) -> str:
+    """Why the inputs gave no image: paths that do not exist, globs that match nothing, empty folders."""
+    reasons = []
+    if found.missing:
+        names = ", ".join(found.missing[:3]) + (f" and {len(found.missing) - 3} more" if len(found.missing) > 3 else "")
+        reasons.append(f"{names} {'does' if len(found.missing) == 1 else 'do'} not exist")
+    if found.empty_globs:
+        reasons.append(f"no file matches {', '.join(found.empty_globs[:3])}")
+    if not reasons:
+        skipped = (
+            f" ({counted(found.skipped_non_images, 'non-image file')} skipped)" if found.skipped_non_images else ""
+        )
+        reasons.append(f"no image found in {', '.join(inputs[:3])}{skipped}")
+    return "; ".join(reasons) + ": give image files, directories or quoted globs"
 
 
 def check_writable(path: Path, option: str) -> None:
@@ -272,12 +302,10 @@ def run_predict(
     validate(options, fmt)
 
     found = expand_inputs(options.inputs, stdin=stdin)
+    if not found.found_any:
+        raise NoImagesError(nothing_found(found, list(options.inputs)))
     for pattern in found.empty_globs:
         log.warning("no file matches %s", pattern)
-    if not found.found_any:
-        what = ", ".join(found.missing[:3] + found.empty_globs[:3]) or ", ".join(options.inputs[:3])
-        skipped = f" ({found.skipped_non_images} non-image files skipped)" if found.skipped_non_images else ""
-        raise NoImagesError(f"no image found in {what}{skipped}: give image files, directories or quoted globs")
 
     paths = options.shard.select(found.paths) if options.shard is not None else found.paths
 
@@ -412,6 +440,7 @@ def _write_batches(
 ) -> None:
     """Write the engine's batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
 
@@ -424,22 +453,25 @@ def _write_batches(
         with (
             _open_output(options.output, stdout, append=options.resume) as stream,
             tqdm(total=total, unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
+            # a warning logged while the bar shows (an engine's, say) is written above it, not glued to it
+            logging_redirect_tqdm([log]) if show_progress else contextlib.nullcontext(),
         ):
             writer = make_writer(fmt, stream, top_k=options.top_k, model_name=summary.model, header=header)
             try:
                 for batch in batches:
                     if options.threshold is not None:  # the engines render without one; judged here, once
                         batch = [judge(record, options.threshold) for record in batch]
-                    if sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
-                        sorter.sort(batch)
-                    writer.write(batch)
-                    for record in batch:
-                        if record.error is None:
-                            summary.classified += 1
-                        else:
-                            summary.failed += 1
-                            log.warning("%s: %s", record.path, record.error)
-                    bar.update(len(batch))
+                    with _bar_cleared(bar):  # what is written now starts on a line of its own
+                        if sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
+                            sorter.sort(batch)
+                        writer.write(batch)
+                        for record in batch:
+                            if record.error is None:
+                                summary.classified += 1
+                            else:
+                                summary.failed += 1
+                                log.warning("%s: %s", record.path, record.error)
+                        bar.update(len(batch))
                     if limit is not None and summary.failed > limit:
                         summary.stopped_for_failures = True
                         log.error(
@@ -460,6 +492,27 @@ def _write_batches(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _bar_cleared(bar: Any) -> Iterator[None]:
+    """The progress bar wiped off its line while records (stdout) and warnings (stderr) are written,
+    then drawn again below them.
+
+    On a terminal both streams share the screen: text written while the bar shows starts on the
+    bar's line (``61.01img/s]samples/dog.jpg ...``), and the bar drawn before the first record
+    (``0%``) would stay above them. Whatever the format.
+    """
+    if bar.disable:
+        yield
+        return
+    drawn_at = bar.last_print_t
+    bar.clear()
+    try:
+        yield
+    finally:
+        if bar.last_print_t == drawn_at:  # not drawn since (an update inside draws at most every 0.1 s)
+            bar.refresh()
 
 
 def _main_thread() -> bool:

@@ -25,6 +25,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .errors import ImgclassifyError, UsageError
+from .extras import install_hint
 from .options import ModelOptions, read_env
 from .records import Prediction
 from .rendering import check_threshold
@@ -39,10 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("imgclassify.server")
 
 ROOT_MESSAGE = {"msg": "Try POSTing to the /predict endpoint with an RGB image attachment"}
-INSTALL_HINT = (
-    "the server needs its extra: pipx inject imgclassify flask uvicorn gunicorn prometheus-client "
-    "(or reinstall with it: pipx install --force 'imgclassify[serve]'; with pip: pip install 'imgclassify[serve]')"
-)
+INSTALL_HINT = f"imgclassify serve needs the serve extra: {install_hint('serve')}"
 
 
 @dataclass

@@ -93,14 +93,17 @@ def resolve_weights(spec: ModelSpec, *, allow_download: bool, progress: bool) ->
         return path
     if not allow_download:
         raise WeightsUnavailableError(
-            _fixes(spec, path, "not cached and downloads are off (--offline or IMGCLASSIFY_OFFLINE)")
+            _fixes(spec, path, "not cached and downloads are off (--offline or IMGCLASSIFY_OFFLINE)"),
+            reason="not cached, downloads off",
         )
     log.info("downloading %s weights from %s", spec.name, spec.weights_url)
     try:
         download(spec.weights_url, path, progress=progress)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        failure = download_failure(exc)
         raise WeightsUnavailableError(
-            _fixes(spec, path, f"not cached and the download failed: {download_failure(exc)}")
+            _fixes(spec, path, f"not cached and the download failed: {failure}"),
+            reason=f"not cached, {'no network' if failure.startswith('no network') else 'download failed'}",
         ) from None
     return path
 

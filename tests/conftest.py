@@ -23,6 +23,26 @@ LABELLED = ROOT / "tests" / "data" / "imagenet-labelled"
 DENSENET_FILE = "densenet121-a639ec97.pth"  # torchvision's file name in the hub cache
 
 
+def _imported_package() -> Path:
+    import imgclassify
+
+    return Path(imgclassify.__file__).resolve().parent
+
+
+def pytest_report_header() -> str:
+    return f"imgclassify imported from {_imported_package()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With IMGCLASSIFY_TEST_INSTALLED=1 (what .ci/run sets) the suite runs only against the installed wheel."""
+    if os.environ.get("IMGCLASSIFY_TEST_INSTALLED") == "1" and _imported_package().is_relative_to(ROOT):
+        raise pytest.UsageError(
+            f"IMGCLASSIFY_TEST_INSTALLED=1 but imgclassify is imported from the source tree ({_imported_package()}): "
+            "install the wheel (pip install '.[test]', not -e) and set PYTHONSAFEPATH=1 so that the current "
+            "directory is not put on sys.path"
+        )
+
+
 @pytest.fixture(autouse=True)
 def offline_empty_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No downloads, and a torch hub cache that holds nothing."""

@@ -525,7 +525,9 @@ def test_heif_without_pillow_heif_names_the_fix(tmp_path: Path, monkeypatch: pyt
 
     pillow_heif.from_pillow(labrador()).save(tmp_path / "a.heic")
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails as if not installed
-    with pytest.raises(ImageError, match=r"install pillow-heif .*imgclassify\[heif\]"):
+    with pytest.raises(
+        ImageError, match=r"needs pillow-heif .*pipx inject imgclassify pillow-heif.*imgclassify\[heif\]"
+    ):
         open_image(tmp_path / "a.heic")
 
 
@@ -597,13 +599,47 @@ def test_phone_formats_are_walked(tmp_path: Path) -> None:
     assert sorted(os.path.basename(p) for p in expand_inputs([str(tmp_path)]).paths) == ["a.heic", "b.HEIF", "c.avif"]
 
 
+def crash_like_a_decoder(how: str) -> None:
+    """Kill this process with signal ``how``, as the OS or a crash in a C decoder would.
+
+    Without faulthandler's dump: pytest enables faulthandler and a forked worker inherits it, so a
+    SIGSEGV would print ``Fatal Python error: Segmentation fault`` and a traceback past pytest's
+    capture into the run's output. The crash is on purpose: that dump is noise here.
+    """
+    import faulthandler
+    import signal
+
+    faulthandler.disable()
+    os.kill(os.getpid(), getattr(signal, how))
+
+
+def _crash_with_faulthandler_on(dump_fd: int) -> None:
+    import faulthandler
+
+    faulthandler.enable(file=dump_fd)  # as pytest does (onto its copy of stderr)
+    crash_like_a_decoder("SIGSEGV")
+
+
+def test_a_crash_on_purpose_prints_no_fatal_error_dump() -> None:
+    import multiprocessing
+    import signal
+
+    read_fd, write_fd = os.pipe()
+    process = multiprocessing.get_context("fork").Process(target=_crash_with_faulthandler_on, args=(write_fd,))
+    process.start()
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as stream:
+        dump = stream.read()  # to the end: the child's copy of the pipe closes when it dies
+    process.join(60)
+    assert process.exitcode == -signal.SIGSEGV
+    assert dump.decode(errors="replace") == ""
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSEGV"])
 def test_a_decode_worker_that_dies_costs_only_its_file(  # type: ignore[no-untyped-def]
     lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Killed by the OS (out of memory) or crashed in a C decoder: the run goes on with new workers."""
-    import signal
-
     import imgclassify.loading as loading
 
     real = loading.load_tensor  # type: ignore[attr-defined]
@@ -616,7 +652,7 @@ def test_a_decode_worker_that_dies_costs_only_its_file(  # type: ignore[no-untyp
 
     def deadly(source, config, options=None):  # type: ignore[no-untyped-def]
         if str(source) == poison:
-            os.kill(os.getpid(), getattr(signal, how))
+            crash_like_a_decoder(how)
         return real(source, config, options)
 
     monkeypatch.setattr(loading, "load_tensor", deadly)  # forked workers inherit it

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_directory_with_corrupt_file(runner: CliRunner, photos: Path) -> None:
     assert 281 <= rows[0]["class_id"] <= 285  # type: ignore[operator]
     assert rows[1]["error"] == "not an image, or a format Pillow cannot read" and rows[1]["class_id"] is None
     assert rows[2]["class_id"] == 208 and rows[3]["class_id"] == 215
-    assert "3 classified, 1 failed, 1 non-image files skipped" in result.stderr
+    assert "3 classified, 1 failed, 1 non-image file skipped" in result.stderr
 
 
 def test_all_good_exit_zero_quiet_is_silent(runner: CliRunner) -> None:
@@ -117,12 +118,64 @@ def test_stdin_globs_and_duplicates(runner: CliRunner, photos: Path) -> None:
     assert names == ["10_labrador.jpg", "brittany.jpg", "01_kitten.jpg", "02_corrupt.jpg"]
 
 
-def test_no_images_is_a_usage_error(runner: CliRunner, tmp_path: Path) -> None:
+def test_no_images_is_a_usage_error_that_says_why(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
-    for args in ([str(tmp_path)], [str(tmp_path / "*.jpg")], [str(tmp_path / "missing.jpg")]):
+    (tmp_path / "b.txt").write_text("x")
+    fix = ": give image files, directories or quoted globs\n"
+    for args, message in (
+        ([str(tmp_path)], f"no image found in {tmp_path} (2 non-image files skipped)"),
+        ([str(tmp_path / "*.jpg")], f"no file matches {tmp_path / '*.jpg'}"),
+        ([str(tmp_path / "missing.jpg")], f"{tmp_path / 'missing.jpg'} does not exist"),
+        (["nothere.jpg", "gone.png"], "nothere.jpg, gone.png do not exist"),
+    ):
         result = invoke(runner, "predict", *args, *LITE)
         assert result.exit_code == 2, args
-        assert "no image found" in result.stderr and result.stdout == ""
+        assert result.stderr == f"imgclassify: error: {message}{fix}" and result.stdout == ""
+    (tmp_path / "notes.txt").unlink()
+    result = invoke(runner, "predict", str(tmp_path), *LITE)
+    assert "(1 non-image file skipped)" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["results.txt", "results.parquet", "results"])
+def test_output_suffix_without_format_is_a_usage_error(runner: CliRunner, tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-o", str(out))
+    assert result.exit_code == 2 and not out.exists()
+    assert "names no format; give --format (table, json, jsonl, csv)" in result.stderr
+    assert ".json, .jsonl, .ndjson, .csv" in result.stderr
+    result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-o", str(out), "-f", "jsonl")
+    assert result.exit_code == 0 and parse_jsonl(out.read_text())[0]["class_id"] == 282
+
+
+def test_unknown_choice_names_the_choices(runner: CliRunner) -> None:
+    result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-f", "xml")
+    assert result.exit_code == 2
+    assert "'xml' is not a format; the formats are: table, json, jsonl, csv" in result.stderr
+    assert "Value error" not in result.stderr
+    result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "--precision", "int4")
+    assert "'int4' is not a precision; the precisions are: fp32, bf16, fp16, int8" in result.stderr
+    result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-f", "CSV", "-q")
+    assert result.exit_code == 0 and result.stdout.startswith("path,")
+
+
+def test_help_names_values_not_python_types(runner: CliRunner) -> None:
+    import typer.main
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).stdout
+    for name, command in commands.items():
+        text = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"}).stdout
+        assert not re.search(r"<(list\[|str>|int>|float>|bool>|Path>|file>|directory>)", text), (name, text)
+        # the command list shows each command's whole short help, never cut with "..."
+        assert re.search(rf"^  {name} +{re.escape(command.short_help)}$", top, flags=re.M), (name, top)
+    assert "..." not in top.split("Commands:")[1]
+    predict_help = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "Usage: imgclassify predict [OPTIONS] {PATH}..." in predict_help
+    assert "-m, --model NAME" in predict_help and "-o, --output FILE" in predict_help
+    assert "-f, --format table|json|jsonl|csv" in predict_help
+    serve_help = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).stdout
+    flat = re.sub(r"\s+", " ", serve_help).replace("start- up", "start-up")
+    assert "-q, --quiet Only warnings and errors on stderr: no start-up line or request log." in flat
 
 
 @pytest.mark.parametrize(
@@ -155,7 +208,10 @@ def test_default_model_offline_falls_back_with_one_warning(runner: CliRunner) ->
     result = invoke(runner, "predict", str(SAMPLES / "labrador.jpg"))
     assert result.exit_code == 0
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "densenet121" in warnings[0] and "efficientnet_lite0" in warnings[0]
+    assert warnings == [
+        "imgclassify: warning: no densenet121 weights (not cached, downloads off): using the bundled "
+        "efficientnet_lite0; -m efficientnet_lite0 silences this"
+    ]
     assert parse_jsonl(result.stdout)[0]["class_id"] == 208
 
 
@@ -233,5 +289,5 @@ def test_offline_flag_never_downloads(runner: CliRunner, monkeypatch: pytest.Mon
     monkeypatch.delenv("IMGCLASSIFY_OFFLINE")
     monkeypatch.setattr(weights, "download", no_download)
     result = invoke(runner, "predict", str(SAMPLES / "labrador.jpg"), "--offline")
-    assert result.exit_code == 0 and "downloads are off" in result.stderr
+    assert result.exit_code == 0 and "(not cached, downloads off)" in result.stderr
     assert parse_jsonl(result.stdout)[0]["class_id"] == 208

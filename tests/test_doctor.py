@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +13,7 @@ from typer.testing import CliRunner
 from conftest import SAMPLES
 from imgclassify import doctor
 from imgclassify.cli import app
+from imgclassify.paths import cache_dir
 
 NAMES = [
     "python", "torch", "accelerators", "openvino", "serve extra", "cpu", "allocator", "weights cache",
@@ -69,3 +73,42 @@ def test_doctor_table(runner: CliRunner) -> None:
     assert result.exit_code == 0
     assert "imgclassify doctor" in result.stdout and "all checks passed" in result.stdout
     assert all(name in result.stdout for name in NAMES)
+
+
+def test_doctor_table_into_a_pipe_keeps_brackets_and_whole_paths(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not a terminal: nothing is wrapped (one line per check) and `[openvino]` is text, not markup."""
+    torch_home = tmp_path / ("a-torch-home-with-a-long-name-" * 3).rstrip("-")
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setenv("IMGCLASSIFY_CACHE", str(tmp_path / ("an-imgclassify-cache-with-a-long-name-" * 2)))
+    real_version = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda package: None if package == "openvino" else real_version(package))
+    result = runner.invoke(app, ["doctor"], env={"COLUMNS": "80"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines] == ["imgclassify", "check", *(n.split()[0] for n in NAMES), "all"]
+    by_name = dict(zip(NAMES, lines[2:-1], strict=True))
+    openvino = doctor.check_openvino().detail  # as the JSON output says it
+    assert "'imgclassify[openvino]'" in openvino and by_name["openvino"].rstrip().endswith(f"info    {openvino}")
+    cache = torch_home / "hub" / "checkpoints"
+    assert f"{cache} (not created yet); imgclassify's own cache {cache_dir()}" in by_name["weights cache"]
+    assert f"({sys.executable})" in by_name["python"]
+    assert lines[-1] == "all checks passed"
+
+
+def test_doctor_table_on_a_terminal_fits_it_without_cutting_paths() -> None:
+    """On an 80-column terminal every line fits: details wrap between words, a path stays whole."""
+    from rich.console import Console
+
+    path = "/a/path/of/forty/five/characters/to/keep/whole"
+    checks = [
+        doctor.Check("weights cache", doctor.Status.INFO, f"{path} (exists); pip install 'imgclassify[x]' " * 2),
+        doctor.Check("openvino", doctor.Status.INFO, "not installed: pip install 'imgclassify[openvino]'"),
+    ]
+    out = io.StringIO()
+    doctor.print_table(checks, False, Console(file=out, force_terminal=True, width=80, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert sum(path in line for line in lines) == 2 and "'imgclassify[openvino]'" in lines[-2]
+    assert lines[-1] == "some checks failed"

@@ -218,8 +218,9 @@ def test_missing_flask_names_the_install(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "flask", None)
     result = CliRunner().invoke(cli_app, ["serve", "-m", "efficientnet_lite0"])
     assert result.exit_code == 2
-    # a plain `pipx install` over an existing install does nothing: the hint says --force, or inject
-    assert "pipx install --force 'imgclassify[serve]'" in result.stderr and "pipx inject imgclassify" in result.stderr
+    # a plain `pipx install` over an existing install does nothing: the hint says inject; and pip, both ways
+    assert "pipx inject imgclassify flask uvicorn gunicorn prometheus-client" in result.stderr
+    assert "pip install 'imgclassify[serve]'" in result.stderr and "pip install '.[serve]'" in result.stderr
 
 
 def test_config_from_environment() -> None:

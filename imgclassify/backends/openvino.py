@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..devices import Precision
 from ..digests import sha256_file
 from ..errors import DeviceError, UsageError
+from ..extras import install_hint
 from ..paths import cache_dir
 from .normalize import Normalizer
 
@@ -29,10 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imgclassify")
 
-OPENVINO_HINT = (
-    "the openvino backend needs OpenVINO: pipx inject imgclassify openvino "
-    "(or pip install 'imgclassify[openvino]' in imgclassify's environment)"
-)
+OPENVINO_HINT = f"the openvino backend needs OpenVINO (the openvino extra): {install_hint('openvino')}"
 _OV_PRECISION = {Precision.FP32: ("f32", "FP32"), Precision.BF16: ("bf16", "BF16"), Precision.FP16: ("f16", "FP16")}
 
 

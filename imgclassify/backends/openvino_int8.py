@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..calibration import CALIBRATION_SIZE, calibration_sha256, calibration_views
 from ..digests import sha256_file
 from ..errors import DeviceError, UsageError
+from ..extras import install_hint
 from ..paths import cache_dir
 from .normalize import Normalizer
 from .openvino import OpenVinoBackend, _openvino
@@ -33,10 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imgclassify")
 
-NNCF_HINT = (
-    "--precision int8 needs OpenVINO and NNCF: pipx inject imgclassify openvino nncf "
-    "(or pip install 'imgclassify[openvino]' in imgclassify's environment)"
-)
+NNCF_HINT = f"--precision int8 needs OpenVINO and NNCF (the openvino extra): {install_hint('openvino')}"
 
 
 def nncf_version() -> str | None:

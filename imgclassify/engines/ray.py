@@ -17,7 +17,9 @@ Importing this module does not import ray or torch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 from collections import Counter
@@ -25,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EngineError, ImgclassifyError, UsageError
+from ..extras import install_hint
 from ..loading import Decoder, resolve_batch_size
 from ..records import Candidate, Prediction
 
@@ -40,6 +43,33 @@ log = logging.getLogger("imgclassify")
 DECODE_TASK_MEMORY = 256 * 1024 * 1024
 #: what a lost input's record says (never expected: Ray retries failed tasks)
 LOST = "not returned by the Ray cluster (a task failed for good); run again with --resume"
+#: Ray's switch for clusters of several machines (on by default, off on macOS and Windows). Off, Ray
+#: takes the loopback address for this node's (``ray._private.services.get_node_ip_address``), and
+#: the GCS, raylet, agents and workers listen on 127.0.0.1 alone; on, the machine's network address,
+#: and they listen on every interface (``node_ip_address="127.0.0.1"`` alone is not enough: a driver
+#: resolves a 127.0.0.1 address to the network one). Ray reads it once, when imported.
+RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While inside, a Ray started in this process (and a driver connecting from it) takes 127.0.0.1
+    for this node's address: :data:`RAY_CLUSTER_SWITCH` off in the environment, which the processes
+    that Ray starts inherit, and in Ray's constants, read when ray was imported."""
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(RAY_CLUSTER_SWITCH)
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    os.environ[RAY_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(RAY_CLUSTER_SWITCH, None)
+        else:
+            os.environ[RAY_CLUSTER_SWITCH] = saved_env
 
 
 def decode_batch(batch: dict[str, np.ndarray], decoder: Decoder) -> dict[str, np.ndarray]:
@@ -188,13 +218,17 @@ class RayEngine:
         try:
             import ray
         except ImportError:
-            raise UsageError("--engine ray needs Ray: pip install 'imgclassify[ray]'") from None
+            raise UsageError(f"--engine ray needs Ray (the ray extra): {install_hint('ray')}") from None
         options = {"log_to_driver": False, "logging_level": logging.WARNING, **self.init_options}
         if not ray.is_initialized():
             if self.address is None:
                 options.setdefault("include_dashboard", False)
-                ray.init(address="local", **options)  # never attach to another cluster by accident
+                with loopback_only():  # a Ray of this machine alone: nothing listens on the network
+                    ray.init(address="local", **options)  # never attach to another cluster by accident
                 self.owns_ray = True
+                node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+                if not ipaddress.ip_address(node_ip).is_loopback:
+                    log.warning("ray: the local Ray took %s, not loopback: it listens on the network", node_ip)
             else:
                 try:
                     ray.init(address=self.address, **options)
