@@ -9,9 +9,14 @@ only hands complete requests to a pool of ``threads`` threads that run the uncha
 
 * 413 ``request_entity_too_large`` from ``Content-Length`` before any of the body is read (or as
   soon as a chunked body passes the limit);
+* 413 ``too_many_files`` as soon as a multipart body has passed ``max_files`` parts (counted
+  while it arrives, so a request of thousands of tiny files is refused before it is all read);
 * 408 ``request_timeout`` when the client sends nothing for ``read_timeout_s`` in the middle of
   its body; a client that stalls in its headers cannot be answered (no request yet): its
-  connection is closed after the same time.
+  connection is closed after the same time;
+* 401 ``unauthorized`` when an API key is set and the request for a route that needs it does
+  not carry it (:func:`~imgclassify.server.check_authorization`), before any of the body is
+  read, so an unauthenticated client cannot upload anything; the connection is closed.
 
 ``imgclassify serve --workers N`` runs N such processes (uvicorn's supervisor, each with its
 own model), configured by ``IMGCLASSIFY_*`` variables through :func:`app_from_env`.
@@ -27,7 +32,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
@@ -35,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .options import ENV_PREFIX
-from .server import ServerConfig, configure_logging, create_app
+from .server import (
+    ServerConfig,
+    check_authorization,
+    configure_logging,
+    create_app,
+    needs_api_key,
+    too_many_files_message,
+    unauthorized,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -53,9 +66,10 @@ WORKERS_ENV = ENV_PREFIX + "WORKERS"
 
 
 class _Rejected(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
+        self.headers = headers or []
 
 
 class BufferedWSGI:
@@ -70,8 +84,12 @@ class BufferedWSGI:
         threads: int = 8,
         multiprocess: bool = False,
         on_rejected: Callable[[str, str, int, float], None] | None = None,
+        api_key: str | None = None,
+        max_files: int | None = None,
     ) -> None:
+        self.max_files = max_files
         self.wsgi_app = wsgi_app
+        self._key = None if api_key is None else api_key.encode("utf-8")  # no repr: the object's default
         self.max_body = max_body
         self.read_timeout_s = read_timeout_s
         self.multiprocess = multiprocess
@@ -97,9 +115,11 @@ class BufferedWSGI:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         try:
+            self._check_api_key(scope)  # before any of the body is read
             body = await self._read_body(scope, receive)
         except _Rejected as rejected:
-            await _send_json(send, rejected.status, {"error": rejected.error, "message": rejected.message}, close=True)
+            payload = {"error": rejected.error, "message": rejected.message}
+            await _send_json(send, rejected.status, payload, close=True, extra=rejected.headers)
             elapsed = time.perf_counter() - start
             client = scope.get("client")
             log.info(
@@ -127,6 +147,15 @@ class BufferedWSGI:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
+    def _check_api_key(self, scope: Scope) -> None:
+        if self._key is None or not needs_api_key(scope["path"]):
+            return
+        values = [value.decode("latin-1") for name, value in scope["headers"] if name == b"authorization"]
+        reason = check_authorization(",".join(values) if values else None, self._key)  # joined as in _environ
+        if reason is not None:
+            payload, challenge = unauthorized(reason)
+            raise _Rejected(401, payload["error"], payload["message"], [(b"www-authenticate", challenge.encode())])
+
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         length: int | None = None
         for name, value in scope["headers"]:
@@ -137,6 +166,7 @@ class BufferedWSGI:
                     raise _Rejected(400, "bad_request", "Content-Length is not a number") from None
         if length is not None and length > self.max_body:  # before reading any of the body
             raise self._too_large()
+        parts = _PartCounter.for_headers(scope["headers"]) if self.max_files is not None else None
         body = bytearray()
         more = True
         while more:
@@ -150,9 +180,12 @@ class BufferedWSGI:
                 ) from None
             if message["type"] == "http.disconnect":
                 raise _Disconnected
-            body += message.get("body", b"")
+            chunk = message.get("body", b"")
+            body += chunk
             if len(body) > self.max_body:
                 raise self._too_large()
+            if parts is not None and self.max_files is not None and parts.feed(chunk) > self.max_files:
+                raise _Rejected(413, "too_many_files", too_many_files_message(self.max_files))
             more = message.get("more_body", False)
         return bytes(body)
 
@@ -165,9 +198,48 @@ class _Disconnected(Exception):
     pass
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any], *, close: bool = False) -> None:
+class _PartCounter:
+    """Counts the parts of a multipart body as it arrives: the ``--BOUNDARY`` delimiters seen so
+    far, less the closing one (RFC 7578; a boundary never occurs inside a part)."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.delimiter = b"--" + boundary
+        self.tail = b""
+        self.delimiters = 0
+
+    @classmethod
+    def for_headers(cls, headers: Iterable[tuple[bytes, bytes]]) -> _PartCounter | None:
+        for name, value in headers:
+            if name == b"content-type" and value.lower().startswith(b"multipart/"):
+                for param in value.split(b";")[1:]:
+                    key, _, raw = param.strip().partition(b"=")
+                    if key.strip().lower() == b"boundary" and raw.strip().strip(b'"'):
+                        return cls(raw.strip().strip(b'"'))
+        return None
+
+    def feed(self, chunk: bytes) -> int:
+        """The parts begun so far, after ``chunk``: delimiters followed by anything but ``--``
+        (which closes the body), each counted once its two next bytes have arrived."""
+        data = self.tail + chunk  # the tail: bytes that may still begin an undecided delimiter
+        size = len(self.delimiter)
+        keep_from = max(0, len(data) - size + 1)  # a delimiter beginning here or later is not whole yet
+        position = data.find(self.delimiter)
+        while position != -1:
+            if position + size + 2 > len(data):  # whole, but its next two bytes are still to come
+                keep_from = position
+                break
+            if data[position + size : position + size + 2] != b"--":
+                self.delimiters += 1
+            position = data.find(self.delimiter, position + 1)
+        self.tail = data[keep_from:]
+        return self.delimiters
+
+
+async def _send_json(
+    send: Send, status: int, payload: dict[str, Any], *, close: bool = False, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     if close:  # the rest of the body is not wanted: do not read it to reuse the connection
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -253,6 +325,8 @@ def wrap(app: Flask, config: ServerConfig, *, threads: int, multiprocess: bool =
         threads=threads,
         multiprocess=multiprocess,
         on_rejected=on_rejected,
+        max_files=config.max_files,
+        api_key=config.api_key,
     )
 
 
@@ -269,12 +343,18 @@ def app_from_env() -> BufferedWSGI:
 
 
 def config_to_env(config: ServerConfig) -> dict[str, str]:
-    """``IMGCLASSIFY_*`` variables that ``ServerConfig.from_env`` turns back into ``config``."""
+    """``IMGCLASSIFY_*`` variables that ``ServerConfig.from_env`` turns back into ``config``.
+
+    The API key: with ``api_key_file``, only the path (``IMGCLASSIFY_API_KEY`` empty: each worker
+    reads the file); otherwise ``IMGCLASSIFY_API_KEY``, where ``serve`` found it in the first place.
+    """
     env = config.options.to_env()
     for f in fields(config):
         if f.name == "options":
             continue
         value = getattr(config, f.name)
+        if f.name == "api_key" and config.api_key_file is not None:
+            value = None  # the workers read the file: the key itself goes nowhere new
         env[ENV_PREFIX + f.name.upper()] = "" if value is None else str(value)
     return env
 

@@ -5,6 +5,9 @@ thread owns the model: it takes the first waiting job, gathers whatever else arr
 ``max_delay_s`` up to ``max_batch_size`` images (``len`` of each payload), turns the gathered
 payloads into one uint8 batch with its ``prepare`` stage, runs them together, and hands each
 job its own rows and its own per-image errors. Same arithmetic as the single-request path.
+No forward pass is ever larger than ``max_batch_size``: a payload of more images is split into
+jobs of at most that many (they share passes with other callers' jobs as any job does), and
+its answer joined from theirs, so memory follows the batch size, never the payload's size.
 
 ``prepare`` is the one thing that differs between payload kinds. The default,
 :func:`concat`, takes uint8 batches that callers decoded themselves and reports no errors;
@@ -19,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -50,6 +53,38 @@ def concat(batches: list[Any]) -> Prepared:
     import torch
 
     return (torch.cat(batches) if len(batches) > 1 else batches[0]), {}
+
+
+def join_answers(parts: Sequence[Future[Answer]], sizes: Sequence[int]) -> Future[Answer]:
+    """One future for consecutive parts of a payload (``sizes[i]`` images each): rows concatenated,
+    error positions counted across the parts; the first part's exception fails the whole."""
+    joined: Future[Answer] = Future()
+    remaining = [len(parts)]
+    lock = threading.Lock()
+
+    def done(_: Future[Answer]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        failed = next((f.exception() for f in parts if f.exception() is not None), None)
+        if failed is not None:
+            joined.set_exception(failed)
+            return
+        import torch
+
+        rows, errors, start = [], {}, 0
+        for future, size in zip(parts, sizes, strict=True):
+            answer = future.result()
+            if answer.probs is not None:
+                rows.append(answer.probs)
+            errors.update({start + position: error for position, error in answer.errors.items()})
+            start += size
+        joined.set_result(Answer(torch.cat(rows) if rows else None, errors))
+
+    for future in parts:
+        future.add_done_callback(done)
+    return joined
 
 
 @dataclass
@@ -109,10 +144,19 @@ class DynamicBatcher(Generic[P]):
         self._thread.start()
 
     def submit(self, payload: P) -> Future[Answer]:
-        """Queue a payload of ``len(payload)`` images; the future resolves to its :class:`Answer`."""
-        job: _Job[P] = _Job(payload)
-        self._queue.put(job)
-        return job.future
+        """Queue a payload of ``len(payload)`` images; the future resolves to its :class:`Answer`.
+
+        A payload of more than ``max_batch_size`` images (it must then support slicing, as
+        tensors and lists do) goes as several jobs of at most that many; the answer is joined.
+        """
+        size = len(payload)
+        if size <= self.max_batch_size:
+            job: _Job[P] = _Job(payload)
+            self._queue.put(job)
+            return job.future
+        step = self.max_batch_size
+        parts = [self.submit(payload[start : start + step]) for start in range(0, size, step)]  # type: ignore[index]
+        return join_answers(parts, [min(step, size - start) for start in range(0, size, step)])
 
     def close(self) -> None:
         self._queue.put(None)

@@ -26,6 +26,7 @@ from .engines import EngineKind
 from .errors import ImgclassifyError, UsageError
 from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
 from .options import ModelOptions
+from .server import DEFAULT_MAX_FILES
 from .sorting import SortMode, SortOptions
 from .writers import OutputFormat
 
@@ -50,7 +51,8 @@ METAVARS = {
     "workers": "N", "sort_into": "DIR", "shard": "K/N", "ray_address": "ADDRESS", "ray_actors": "N",
     "image": "FILE", "host": "ADDRESS", "port": "PORT", "threads": "N", "max_upload_mb": "MB",
     "max_batch_size": "N", "max_batch_delay_ms": "MS", "read_timeout": "SECONDS", "thumbnail_size": "PIXELS",
-    "base_dir": "DIR", "title": "TEXT", "results_format": "json|jsonl|csv",
+    "base_dir": "DIR", "title": "TEXT", "results_format": "json|jsonl|csv", "max_files": "N", "max_queue": "N",
+    "api_key_file": "FILE",
 }  # fmt: skip
 ARGUMENT_METAVARS = {"paths": "PATH", "shards": "SHARD", "output": "OUTPUT", "results": "RESULTS"}
 
@@ -580,6 +582,23 @@ def serve(
         float,
         typer.Option("--max-batch-delay-ms", min=0.0, help="How long a request waits for others to share its batch."),
     ] = 5.0,
+    max_files: Annotated[
+        int,
+        typer.Option(
+            "--max-files",
+            min=1,
+            help="Most files in one request (413 beyond, decided while the body arrives); memory per request follows the batch size, not this.",
+        ),
+    ] = DEFAULT_MAX_FILES,
+    max_queue: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-queue",
+            min=1,
+            help="Most images waiting for the model per worker; a request beyond gets 503 with Retry-After at once. Default: 8 forward passes' worth (8 x --max-batch-size).",
+            show_default=False,
+        ),
+    ] = None,
     no_batching: Annotated[
         bool, typer.Option("--no-batching", help="One request per forward pass (same as --max-batch-size 1).")
     ] = False,
@@ -589,6 +608,14 @@ def serve(
             "--read-timeout", min=0.01, help="Seconds a client may stall while sending a request (408 after)."
         ),
     ] = 30.0,
+    api_key_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--api-key-file",
+            help="Require this file's content as 'Authorization: Bearer KEY' on /predict, /info and /metrics (default: IMGCLASSIFY_API_KEY, if set; this file wins over it).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: ServeQuietOpt = False,
 ) -> None:
     """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /info, /healthz, /readyz, /metrics."""
@@ -596,10 +623,11 @@ def serve(
     with reporting_errors():
         from .model_plan import plan_model
         from .rendering import check_threshold
-        from .server import ServerConfig, require_flask
+        from .server import ServerConfig, open_server_warning, require_flask, resolve_api_key
         from .server import serve as run_server
 
         check_threshold(threshold)
+        api_key = resolve_api_key(api_key_file)  # a bad --api-key-file fails before the model loads
         require_flask()
         # fail here, with a clear message, rather than in a worker process
         plan = plan_model(model_options, progress=not quiet)
@@ -609,10 +637,16 @@ def serve(
         config = ServerConfig(
             options=model_options.replace(model=plan.spec.name), top_k=top_k, max_upload_mb=max_upload_mb,
             max_batch_size=1 if no_batching else max_batch_size, max_batch_delay_ms=0.0 if no_batching else max_batch_delay_ms,
-            read_timeout_s=read_timeout, threshold=threshold,
+            read_timeout_s=read_timeout, threshold=threshold, max_files=max_files, max_queue=max_queue,
+            api_key_file=None if api_key_file is None else str(api_key_file.absolute()), api_key=api_key,
         )  # fmt: skip
+        if (warning := open_server_warning(config, host, port)) is not None:
+            log.warning(warning)
         if not quiet:
-            typer.echo(f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict)", err=True)
+            keyed = ", API key required" if config.api_key is not None else ""
+            typer.echo(
+                f"imgclassify: serving {plan.spec.name} on http://{host}:{port} (POST /predict{keyed})", err=True
+            )
         run_server(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)
 
 

@@ -148,17 +148,29 @@ class Classifier:
 
     # -- in-memory images ---------------------------------------------------------------------
     def predict_images(
-        self, images: Sequence[Image.Image], *, top_k: int = 1, names: Sequence[str] | None = None
+        self,
+        images: Sequence[Image.Image],
+        *,
+        top_k: int = 1,
+        names: Sequence[str] | None = None,
+        batch_size: int | None = None,
     ) -> list[Prediction]:
-        """Classify already-opened RGB images in one batch."""
+        """Classify already-opened RGB images, in forward passes of at most ``batch_size`` (default:
+        the device's, as ``predict``): memory follows the batch size, not the number of images."""
         import torch
+
+        from .loading import resolve_batch_size
 
         renderer = self.renderer(top_k)
         if not images:
             return []
-        batch = torch.stack([preprocess(image, self.preprocess_config) for image in images])
+        step = resolve_batch_size(batch_size, self.device, "batch_size")
         labels = list(names) if names is not None else [f"<image {i}>" for i in range(len(images))]
-        return renderer.render(labels, self.forward_uint8(batch))
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), step):
+            batch = torch.stack([preprocess(image, self.preprocess_config) for image in images[start : start + step]])
+            predictions += renderer.render(labels[start : start + step], self.forward_uint8(batch))
+        return predictions
 
     def predict_file(self, source: str | os.PathLike[str] | IO[bytes] | bytes, *, top_k: int = 1) -> Prediction:
         """Classify one file, binary stream or bytes; a bad image gives a record with ``error``."""

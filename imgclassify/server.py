@@ -5,6 +5,8 @@
 Routes: ``GET /`` (the tutorial's hint), ``POST /predict`` (multipart field ``file``, repeated
 for several images; ``?top_k=K``, ``?threshold=P``), ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 Every error is JSON with the right status; uploads stay in memory and never reach the disk.
+With an API key (``IMGCLASSIFY_API_KEY`` or ``--api-key-file``), every route but ``/``,
+``/healthz`` and ``/readyz`` needs ``Authorization: Bearer KEY`` (:func:`check_authorization`).
 
 Uploads are decoded where ``predict`` would decode them (:class:`UploadDecoding`): on the CPU in
 the request threads, or, on CUDA with GPU decoding, in the batcher thread, one batched nvJPEG
@@ -13,33 +15,44 @@ call for every request it gathered (request threads then only read the bytes).
 
 from __future__ import annotations
 
+import hmac
 import io
+import ipaddress
 import logging
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ImgclassifyError, UsageError
 from .extras import install_hint
-from .options import ModelOptions, read_env
+from .options import ENV_PREFIX, ModelOptions, read_env
 from .records import Prediction
 from .rendering import check_threshold
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import torch
     from flask import Flask, Response
 
-    from .batching import DynamicBatcher, Prepared
+    from .batching import Answer, DynamicBatcher, Prepared
     from .pipeline import Classifier
 
 log = logging.getLogger("imgclassify.server")
 
 ROOT_MESSAGE = {"msg": "Try POSTing to the /predict endpoint with an RGB image attachment"}
+#: files per request by default (``--max-files``): far more than an interactive client sends; more
+#: belongs to ``imgclassify predict``. Memory does not depend on it (requests go in batch-size passes)
+DEFAULT_MAX_FILES = 500
+#: the default ``--max-queue``: this many forward passes' worth of images waiting (see docs/serve.md)
+QUEUE_BATCHES = 8
 INSTALL_HINT = f"imgclassify serve needs the serve extra: {install_hint('serve')}"
 
 
@@ -55,28 +68,164 @@ class ServerConfig:
     #: by ``create_app`` once the classifier is loaded (:func:`~imgclassify.loading.default_batch_size`)
     max_batch_size: int | None = None
     max_batch_delay_ms: float = 5.0
+    #: most files (multipart parts) in one request: 413 ``too_many_files`` beyond, while the body is read
+    max_files: int = DEFAULT_MAX_FILES
+    #: most images admitted and not yet answered (per worker process): a request that would pass it
+    #: gets 503 ``overloaded`` with ``Retry-After`` at once. None: ``QUEUE_BATCHES`` forward passes' worth
+    max_queue: int | None = None
     request_timeout_s: float = 60.0
     read_timeout_s: float = 30.0  # `imgclassify serve`: a request body that stalls this long is cut off (408)
     #: default ``?threshold=``: answers whose top-1 probability is below it say ``"confident": false``
     threshold: float | None = None
+    #: ``--api-key-file``: the file the API key is read from (workers get this path, never the key)
+    api_key_file: str | None = None
+    #: the API key (``IMGCLASSIFY_API_KEY``, or the file's content): None serves everyone. Never in
+    #: repr, ``/info``, logs, metrics or error messages; see :func:`check_authorization`
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.api_key is None and self.api_key_file is not None:
+            self.api_key = read_api_key_file(self.api_key_file)
+        elif self.api_key is not None:
+            self.api_key = _checked_key(self.api_key, "the API key")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerConfig:
         env = os.environ if environ is None else environ
-        kinds = {f.name: _KINDS[str(f.type)] for f in fields(cls) if f.name != "options"}
-        return cls(options=ModelOptions.from_env(env), **read_env(env, kinds))
+        kinds = {f.name: _KINDS[str(f.type)] for f in fields(cls) if f.name not in ("options", "api_key")}
+        values = read_env(env, kinds)
+        values["api_key"] = resolve_api_key(values.get("api_key_file"), env)
+        return cls(options=ModelOptions.from_env(env), **values)
 
     def resolved_for(self, device: str | torch.device) -> ServerConfig:
         """This config with the defaults that depend on the device the model runs on filled in."""
         from .loading import resolve_batch_size
 
         option = "--max-batch-size (IMGCLASSIFY_MAX_BATCH_SIZE)"
-        return replace(self, max_batch_size=resolve_batch_size(self.max_batch_size, device, option))
+        batch = resolve_batch_size(self.max_batch_size, device, option)
+        queue = self.max_queue if self.max_queue is not None else QUEUE_BATCHES * batch
+        if queue < 1:
+            raise UsageError(f"--max-queue (IMGCLASSIFY_MAX_QUEUE) must be at least 1, got {queue}")
+        if self.max_files < 1:
+            raise UsageError(f"--max-files (IMGCLASSIFY_MAX_FILES) must be at least 1, got {self.max_files}")
+        return replace(self, max_batch_size=batch, max_queue=queue)
 
 
 _KINDS: dict[str, type] = {
     "int": int, "float": float, "bool": bool, "str": str, "float | None": float, "int | None": int,
+    "str | None": str,
 }  # fmt: skip
+
+
+# -- the API key -------------------------------------------------------------------------------
+
+API_KEY_ENV = ENV_PREFIX + "API_KEY"
+API_KEY_FILE_OPTION = "--api-key-file"
+#: what anyone may call when a key is set: load balancers' probes, and the page (it holds no data).
+#: Every other path needs the key, so a route added later is never open by mistake.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})
+_HOW = "in the header 'Authorization: Bearer <key>'"
+_UNAUTHORIZED = {
+    "missing": f"this server needs an API key: send it {_HOW}",
+    "wrong_scheme": f"the API key goes in the Bearer scheme: send it {_HOW}",
+    "invalid_token": f"wrong API key: send this server's key {_HOW}",
+}
+
+
+def read_api_key_file(path: str | os.PathLike[str]) -> str:
+    """The API key in ``path`` (``--api-key-file``): its text stripped of surrounding whitespace.
+
+    A file that cannot be read, is empty, or holds more than one line is a :class:`UsageError`
+    naming ``--api-key-file``; no message ever holds the file's content.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{API_KEY_FILE_OPTION} {path}: cannot read it ({exc.strerror or 'error'})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{API_KEY_FILE_OPTION} {path}: not UTF-8 text: the key must be one line of text") from None
+    return _checked_key(text, f"{API_KEY_FILE_OPTION} {path}")
+
+
+def _checked_key(text: str, source: str) -> str:
+    key = text.strip()
+    if not key:
+        raise UsageError(f"{source} is empty: it must hold the API key")
+    if not key.isprintable():  # a newline or a control character: no client could send it in a header
+        raise UsageError(f"{source}: the API key must be one line of printable characters")
+    return key
+
+
+def resolve_api_key(
+    api_key_file: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The API key: ``api_key_file``'s content if one is given, else ``IMGCLASSIFY_API_KEY``, else None (no key).
+
+    The file wins over the variable (an option over the environment), with a warning that the
+    variable is ignored. An empty or blank variable is no key.
+    """
+    env = os.environ if environ is None else environ
+    variable = env.get(API_KEY_ENV, "").strip()
+    if api_key_file is None:
+        return _checked_key(variable, API_KEY_ENV) if variable else None
+    if variable:
+        log.warning("%s is ignored: %s %s gives the API key", API_KEY_ENV, API_KEY_FILE_OPTION, api_key_file)
+    return read_api_key_file(api_key_file)
+
+
+def needs_api_key(path: str) -> bool:
+    """Whether a request for ``path`` must carry the key (when one is set): all but :data:`OPEN_PATHS`."""
+    return path not in OPEN_PATHS
+
+
+def check_authorization(header_value: str | None, key: bytes | None) -> str | None:
+    """Why a request with this ``Authorization`` header is refused, or None: it may go on.
+
+    ``key``: the API key's UTF-8 bytes, None when no key is set (everyone may). ``header_value``
+    as WSGI gives it (the raw bytes as latin-1 text; the ASGI layer decodes them the same way).
+    Reasons: ``"missing"`` (no header), ``"wrong_scheme"`` (not ``Bearer``), ``"invalid_token"``
+    (a Bearer token that is not the key, compared in constant time). Both the ASGI layer and the
+    Flask app decide with this function; :func:`unauthorized` is their answer.
+    """
+    if key is None:
+        return None
+    parts = (header_value or "").split(None, 1)
+    if not parts:
+        return "missing"
+    if parts[0].lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110)
+        return "wrong_scheme"
+    try:
+        token = (parts[1].strip() if len(parts) == 2 else "").encode("latin-1")
+    except UnicodeEncodeError:  # not bytes off the wire: cannot be the key
+        return "invalid_token"
+    return None if hmac.compare_digest(token, key) else "invalid_token"
+
+
+def unauthorized(reason: str) -> tuple[dict[str, str], str]:
+    """The 401 for a :func:`check_authorization` reason: its JSON body and ``WWW-Authenticate`` (RFC 6750)."""
+    challenge = 'Bearer error="invalid_token"' if reason == "invalid_token" else "Bearer"
+    return {"error": "unauthorized", "message": _UNAUTHORIZED[reason]}, challenge
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (``serve --host``) is this machine only: 127.0.0.0/8, ::1 or localhost."""
+    name = host.strip().strip("[]").lower()
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def open_server_warning(config: ServerConfig, host: str, port: int) -> str | None:
+    """What ``serve`` warns at start when it listens beyond this machine without a key, else None."""
+    if config.api_key is not None or is_loopback_host(host):
+        return None
+    return (
+        f"--host {host} listens beyond this machine and no API key is set: anyone who can reach port {port} "
+        f"can use this server. Set one with {API_KEY_ENV}=KEY or {API_KEY_FILE_OPTION} FILE (docs/serve.md, 'API key')"
+    )
 
 
 #: uploads as (name, bytes) -> (uint8 rows on the device for the decodable ones, ``{position: error}``):
@@ -145,6 +294,13 @@ class _Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.ready = Gauge("imgclassify_ready", "1 once the model is loaded and warmed up", registry=self.registry)
+        self.rejected = Counter(
+            "imgclassify_rejected_requests",
+            "Requests refused before classification, by reason (overloaded: the queue was full)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.queued = Gauge("imgclassify_queued_images", "Images admitted and not yet answered", registry=self.registry)
 
 
 class _State:
@@ -165,6 +321,9 @@ class _State:
         self.metrics = metrics
         self.ready = threading.Event()
         self.batch_decode = batch_decode
+        self.max_queue = config.max_queue or QUEUE_BATCHES * (config.max_batch_size or 1)
+        self._queued = 0
+        self._queue_lock = threading.Lock()
         settings: dict[str, Any] = {
             "max_batch_size": config.max_batch_size,
             "max_delay_s": config.max_batch_delay_ms / 1000.0,
@@ -179,6 +338,20 @@ class _State:
                 return batch_decode([item for uploads in payloads for item in uploads])
 
             self.batcher = DynamicBatcher(classifier.forward_uint8, prepare=decode_all, **settings)
+
+    def admit(self, images: int) -> bool:
+        """Count ``images`` in, unless that would pass ``max_queue`` (a request alone is always let in)."""
+        with self._queue_lock:
+            if self._queued and self._queued + images > self.max_queue:
+                return False
+            self._queued += images
+            self.metrics.queued.set(self._queued)
+            return True
+
+    def release(self, images: int) -> None:
+        with self._queue_lock:
+            self._queued -= images
+            self.metrics.queued.set(self._queued)
 
     @property
     def decode(self) -> str:
@@ -258,6 +431,7 @@ def create_app(
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_upload_mb * 1024 * 1024)
     app.config["MAX_FORM_MEMORY_SIZE"] = int(config.max_upload_mb * 1024 * 1024)
+    app.config["MAX_FORM_PARTS"] = config.max_files + 16  # werkzeug's own guard; the route says 413 itself
     app.json.sort_keys = False  # type: ignore[attr-defined]
     metrics = _Metrics()
     state = _State(classifier, config, metrics, batch_decode)
@@ -272,6 +446,19 @@ def create_app(
     def _start_timer() -> None:
         g.start = time.perf_counter()
         g.images = 0
+
+    key = None if config.api_key is None else config.api_key.encode("utf-8")
+
+    @app.before_request
+    def _check_api_key() -> tuple[Response, int] | None:
+        # the same decision as BufferedWSGI's before the body; here for any other WSGI server
+        reason = check_authorization(request.headers.get("Authorization"), key) if needs_api_key(request.path) else None
+        if reason is None:
+            return None
+        payload, challenge = unauthorized(reason)
+        response = jsonify(payload)
+        response.headers["WWW-Authenticate"] = challenge
+        return response, 401
 
     @app.after_request
     def _record(response: Response) -> Response:
@@ -297,7 +484,7 @@ def create_app(
         messages = {
             404: "no such route: try GET / or POST /predict",
             405: f"method {request.method} not allowed here",
-            413: f"upload larger than the limit of {config.max_upload_mb:g} MB",
+            413: f"upload larger than the limit of {config.max_upload_mb:g} MB or with more than {config.max_files} files",
         }
         return _error(
             status, (exc.name or "error").lower().replace(" ", "_"), messages.get(status, exc.description or "")
@@ -353,6 +540,8 @@ def create_app(
         uploads = request.files.getlist("file")
         if not uploads:
             return _error(400, "missing_file", "send the image as multipart/form-data in the field 'file'")
+        if len(uploads) > config.max_files:
+            return _error(413, "too_many_files", too_many_files_message(config.max_files))
         raw_top_k = request.args.get("top_k")
         try:
             top_k = int(raw_top_k) if raw_top_k is not None else config.top_k
@@ -368,7 +557,19 @@ def create_app(
         if not state.ready.wait(timeout=config.request_timeout_s):
             return _error(503, "not_ready", "the model is still loading; retry shortly (see /readyz)")
         g.images = len(uploads)
-        records = _classify(state, uploads, top_k, threshold)
+        if not state.admit(len(uploads)):
+            metrics.rejected.labels("overloaded").inc()
+            answer, status = _error(
+                503, "overloaded", f"the server is busy ({state.max_queue} images waiting at most); retry shortly"
+            )
+            answer.headers["Retry-After"] = "1"
+            return answer, status
+        try:
+            records = _classify(state, uploads, top_k, threshold)
+        except (TimeoutError, FutureTimeout):  # the same class from Python 3.11 on
+            return _error(504, "timeout", f"not classified within {config.request_timeout_s:g} s; send fewer files")
+        finally:
+            state.release(len(uploads))
         for record in records:
             metrics.images.labels("failed" if "error" in record else "classified").inc()
         if len(uploads) == 1:
@@ -377,6 +578,13 @@ def create_app(
         return jsonify({"predictions": records, "model": classifier.name}), 200
 
     return app
+
+
+def too_many_files_message(max_files: int) -> str:
+    return (
+        f"more than {max_files} files in one request: send them in several requests, "
+        "or classify large sets with `imgclassify predict`"
+    )
 
 
 def tutorial_record(prediction: Prediction, filename: str | None, model: str, *, with_top_k: bool) -> dict[str, Any]:
@@ -398,30 +606,51 @@ def tutorial_record(prediction: Prediction, filename: str | None, model: str, *,
 def _classify(state: _State, uploads: list[Any], top_k: int, threshold: float | None = None) -> list[dict[str, Any]]:
     """Classify the uploads through the dynamic batcher, each with its own error, answers in order.
 
-    CPU decoding: decode here and submit the good ones' uint8 batch. GPU decoding: submit the
-    bytes; the batcher decodes them with the other requests' and answers rows and errors.
+    The uploads go in chunks of at most the batcher's batch size, at most two chunks of one
+    request in flight (the next decodes while the batcher runs the last): a request's memory
+    follows the batch size, not its number of files. CPU decoding: decode a chunk here and
+    submit the good ones' uint8 batch. GPU decoding: submit a chunk's bytes; the batcher
+    decodes them with the other requests' and answers rows and errors.
     """
+    import collections
+
     import torch
 
     classifier = state.classifier
     names = [os.path.basename(upload.filename or "") or None for upload in uploads]
-    timeout = state.config.request_timeout_s
-    probs: torch.Tensor | None = None
+    deadline = time.monotonic() + state.config.request_timeout_s
+    step = state.batcher.max_batch_size
     errors: dict[int, str] = {}
-    if state.batch_decode is not None:
-        items = [(name or "", upload.read()) for name, upload in zip(names, uploads, strict=True)]
-        answer = state.batcher.submit(items).result(timeout=timeout)
-        probs, errors = answer.probs, answer.errors
-    else:
-        tensors = []
-        for index, upload in enumerate(uploads):
-            tensor, error = classifier.decoder.try_decode(upload.read())
-            if tensor is None:
-                errors[index] = error or "cannot decode image"
-            else:
-                tensors.append(tensor)
-        if tensors:
-            probs = state.batcher.submit(torch.stack(tensors)).result(timeout=timeout).probs
+    rows: list[torch.Tensor] = []
+    in_flight: collections.deque[tuple[int, Future[Answer]]] = collections.deque()
+
+    def collect() -> None:
+        start, future = in_flight.popleft()
+        answer = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        if answer.probs is not None:
+            rows.append(answer.probs)
+        errors.update({start + position: error for position, error in answer.errors.items()})
+
+    for start in range(0, len(uploads), step):
+        chunk = uploads[start : start + step]
+        if state.batch_decode is not None:
+            items = [(names[start + i] or "", upload.read()) for i, upload in enumerate(chunk)]
+            in_flight.append((start, state.batcher.submit(items)))
+        else:
+            tensors = []
+            for i, upload in enumerate(chunk):
+                tensor, error = classifier.decoder.try_decode(upload.read())
+                if tensor is None:
+                    errors[start + i] = error or "cannot decode image"
+                else:
+                    tensors.append(tensor)
+            if tensors:
+                in_flight.append((start, state.batcher.submit(torch.stack(tensors))))
+        while len(in_flight) >= 2:
+            collect()
+    while in_flight:
+        collect()
+    probs = torch.cat(rows) if rows else None
     predictions = classifier.renderer(top_k, threshold).render([name or "" for name in names], probs, errors)
     return [
         tutorial_record(prediction, name, classifier.name, with_top_k=top_k > 1)
@@ -453,7 +682,10 @@ def provenance(classifier: Classifier, config: ServerConfig, *, decode: str = "c
             "max_upload_mb": config.max_upload_mb,
             "max_batch_size": config.max_batch_size,
             "max_batch_delay_ms": config.max_batch_delay_ms,
+            "max_files": config.max_files,
+            "max_queue": config.max_queue,
             "decode": decode,
+            "requires_api_key": config.api_key is not None,
         },
     }
 

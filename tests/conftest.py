@@ -35,7 +35,7 @@ def pytest_report_header() -> str:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """With IMGCLASSIFY_TEST_INSTALLED=1 (what .ci/run sets) the suite runs only against the installed wheel."""
-    if os.environ.get("IMGCLASSIFY_TEST_INSTALLED") == "1" and _imported_package().is_relative_to(ROOT):
+    if os.environ.get("IMGCLASSIFY_TEST_INSTALLED") == "1" and _imported_package() == ROOT / "imgclassify":
         raise pytest.UsageError(
             f"IMGCLASSIFY_TEST_INSTALLED=1 but imgclassify is imported from the source tree ({_imported_package()}): "
             "install the wheel (pip install '.[test]', not -e) and set PYTHONSAFEPATH=1 so that the current "
