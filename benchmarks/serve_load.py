@@ -12,6 +12,14 @@ gives the normal client's answer times. ``--url`` drives a server that is alread
 (another server design, e.g. ``gunicorn --threads 8 "imgclassify.server:create_app()"``).
 
     python benchmarks/serve_load.py --slow-clients 32 --threads 8 --seconds 20
+
+``--overload 2 4`` measures back-pressure: the server's capacity first (16 closed-loop clients),
+then an open-loop load of 2x and 4x that many requests per second (each sent at its scheduled
+time, whatever the answers before it), for each ``--max-queue`` given (0: no bound, in effect);
+the table gives the p50/p99 latency of the answered requests, the share refused with 503 and how
+fast those refusals came.
+
+    python benchmarks/serve_load.py --overload 2 4 --max-queue 0 16 64 --seconds 20
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -183,6 +192,91 @@ class StalledUploads:
                 first = False
 
 
+def open_loop(base: str, rate: float, seconds: float, timeout: float = 120) -> dict[str, float]:
+    """Requests at ``rate`` per second for ``seconds``, each at its time (enough client threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [multipart(n) for n in PHOTOS]
+    ok: list[float] = []
+    refused: list[float] = []
+    other = [0]
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        data, ctype = bodies[i % len(bodies)]
+        t0 = time.perf_counter()
+        try:
+            req = urllib.request.Request(base + "/predict", data=data, headers={"Content-Type": ctype})
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                r.read()
+                status = r.status
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            status = exc.code
+        except OSError:
+            status = -1
+        dt = time.perf_counter() - t0
+        with lock:
+            if status == 200:
+                ok.append(dt)
+            elif status == 503:
+                refused.append(dt)
+            else:
+                other[0] += 1
+
+    count = int(rate * seconds)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=min(512, max(16, int(rate * 4)))) as pool:
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, i)
+    elapsed = time.perf_counter() - start
+    ok.sort()
+    refused.sort()
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
+
+    total = len(ok) + len(refused) + other[0]
+    return {
+        "offered": count / seconds, "answered_per_s": len(ok) / elapsed, "p50": pct(ok, 0.5), "p99": pct(ok, 0.99),
+        "refused_share": len(refused) / total if total else float("nan"), "refused_p50": pct(refused, 0.5),
+        "other": other[0],
+    }  # fmt: skip
+
+
+def overload(args: argparse.Namespace) -> None:
+    print(
+        f"# serve_load --overload: {args.model}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"--max-batch-size {args.max_batch_size}, {args.seconds:g}s per cell"
+    )
+    print(
+        "| --max-queue | load | offered req/s | answered req/s | p50 ms | p99 ms | 503 share | 503 p50 ms | other errors |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for queue in args.max_queue:
+        extra = ["--max-queue", str(queue or 1_000_000)]
+        proc, base = start_server(args, True, threads=64, extra=extra)
+        try:
+            drive(base, 2, 2.0)  # warm up
+            capacity, _, _, _ = drive(base, 16, args.seconds)
+            label = str(queue) if queue else "none"
+            print(f"| {label} | capacity (16 clients) | | {capacity:.1f} | | | | | |", flush=True)
+            for factor in args.overload:
+                r = open_loop(base, capacity * factor, args.seconds)
+                print(
+                    f"| {label} | {factor:g}x | {r['offered']:.1f} | {r['answered_per_s']:.1f} | {r['p50']:.0f} | "
+                    f"{r['p99']:.0f} | {r['refused_share']:.0%} | {r['refused_p50']:.0f} | {r['other']:.0f} |",
+                    flush=True,
+                )
+                time.sleep(2)  # let the queue drain between cells
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def slow_clients(args: argparse.Namespace, base: str, label: str) -> None:
     drive(base, 1, 1.0)  # warm up
     with StalledUploads(base, args.slow_clients) as stalled:
@@ -207,7 +301,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="normal client's timeout with --slow-clients")
     parser.add_argument("--url", help="drive this running server instead of starting one")
     parser.add_argument("--label", default=None, help="the server's name in the --slow-clients table")
+    parser.add_argument("--overload", type=float, nargs="*", default=None, help="open-loop loads, x capacity")
+    parser.add_argument("--max-queue", type=int, nargs="+", default=[0, 64], help="with --overload (0: none)")
     args = parser.parse_args()
+    if args.overload:
+        overload(args)
+        return
     if args.slow_clients:
         print(
             f"# serve_load --slow-clients: {args.model}, {os.cpu_count()} CPUs, one normal client for {args.seconds:g}s"

@@ -35,12 +35,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .options import ENV_PREFIX
 from .server import (
+    ADMITTED_KEY,
     ServerConfig,
     check_authorization,
     configure_logging,
@@ -65,6 +66,16 @@ THREADS_ENV = ENV_PREFIX + "THREADS"  # request threads per worker process, for 
 WORKERS_ENV = ENV_PREFIX + "WORKERS"
 
 
+class Admission(Protocol):
+    """The queue bound of prediction requests (``_State`` of the server)."""
+
+    def admit(self, images: int) -> bool: ...
+
+    def release(self, images: int) -> None: ...
+
+    def overloaded_message(self) -> str: ...
+
+
 class _Rejected(Exception):
     def __init__(self, status: int, error: str, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
@@ -86,8 +97,10 @@ class BufferedWSGI:
         on_rejected: Callable[[str, str, int, float], None] | None = None,
         api_key: str | None = None,
         max_files: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.max_files = max_files
+        self.admission = admission
         self.wsgi_app = wsgi_app
         self._key = None if api_key is None else api_key.encode("utf-8")  # no repr: the object's default
         self.max_body = max_body
@@ -116,7 +129,8 @@ class BufferedWSGI:
         start = time.perf_counter()
         try:
             self._check_api_key(scope)  # before any of the body is read
-            body = await self._read_body(scope, receive)
+            body, parts = await self._read_body(scope, receive)
+            images = self._admit(scope, parts)  # before waiting for a request thread
         except _Rejected as rejected:
             payload = {"error": rejected.error, "message": rejected.message}
             await _send_json(send, rejected.status, payload, close=True, extra=rejected.headers)
@@ -136,6 +150,8 @@ class BufferedWSGI:
         except _Disconnected:
             return
         environ = _environ(scope, body, multiprocess=self.multiprocess)
+        if images:
+            environ[ADMITTED_KEY] = images  # the app does not count them a second time
         loop = asyncio.get_running_loop()
         try:
             status, headers, content = await loop.run_in_executor(self.executor, _run_wsgi, self.wsgi_app, environ)
@@ -144,8 +160,23 @@ class BufferedWSGI:
             message = "the server failed to handle this request; see its log"
             await _send_json(send, 500, {"error": "internal_error", "message": message})
             return
+        finally:
+            if images and self.admission is not None:
+                self.admission.release(images)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+
+    def _admit(self, scope: Scope, parts: int | None) -> int:
+        """Count a prediction request's images into the queue, or refuse it (503) when full: here,
+        before the request waits for a thread, so requests never pile up unbounded in front of the
+        app. Returns the images counted (0: not a prediction request, or no admission set)."""
+        if self.admission is None or scope["method"] != "POST" or scope["path"] != "/predict":
+            return 0
+        images = max(1, parts or 0)
+        if not self.admission.admit(images):
+            message = self.admission.overloaded_message()
+            raise _Rejected(503, "overloaded", message, [(b"retry-after", b"1")])
+        return images
 
     def _check_api_key(self, scope: Scope) -> None:
         if self._key is None or not needs_api_key(scope["path"]):
@@ -156,7 +187,8 @@ class BufferedWSGI:
             payload, challenge = unauthorized(reason)
             raise _Rejected(401, payload["error"], payload["message"], [(b"www-authenticate", challenge.encode())])
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, int | None]:
+        """The whole body, and its multipart parts (None: not multipart, or not counted)."""
         length: int | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -187,7 +219,7 @@ class BufferedWSGI:
             if parts is not None and self.max_files is not None and parts.feed(chunk) > self.max_files:
                 raise _Rejected(413, "too_many_files", too_many_files_message(self.max_files))
             more = message.get("more_body", False)
-        return bytes(body)
+        return bytes(body), parts.delimiters if parts is not None else None
 
     def _too_large(self) -> _Rejected:
         mb = self.max_body / (1024 * 1024)
@@ -326,6 +358,7 @@ def wrap(app: Flask, config: ServerConfig, *, threads: int, multiprocess: bool =
         multiprocess=multiprocess,
         on_rejected=on_rejected,
         max_files=config.max_files,
+        admission=state,
         api_key=config.api_key,
     )
 

@@ -595,7 +595,7 @@ def serve(
         typer.Option(
             "--max-queue",
             min=1,
-            help="Most images waiting for the model per worker; a request beyond gets 503 with Retry-After at once. Default: 8 forward passes' worth (8 x --max-batch-size).",
+            help="Most images waiting for the model per worker; a request beyond gets 503 with Retry-After at once. Default: two forward passes' worth (2 x --max-batch-size).",
             show_default=False,
         ),
     ] = None,

@@ -52,7 +52,9 @@ ROOT_MESSAGE = {"msg": "Try POSTing to the /predict endpoint with an RGB image a
 #: belongs to ``imgclassify predict``. Memory does not depend on it (requests go in batch-size passes)
 DEFAULT_MAX_FILES = 500
 #: the default ``--max-queue``: this many forward passes' worth of images waiting (see docs/serve.md)
-QUEUE_BATCHES = 8
+QUEUE_BATCHES = 2
+#: the WSGI environ key by which ``imgclassify serve``'s front (asgi.py) says it counted the images in
+ADMITTED_KEY = "imgclassify.admitted_images"
 INSTALL_HINT = f"imgclassify serve needs the serve extra: {install_hint('serve')}"
 
 
@@ -343,10 +345,14 @@ class _State:
         """Count ``images`` in, unless that would pass ``max_queue`` (a request alone is always let in)."""
         with self._queue_lock:
             if self._queued and self._queued + images > self.max_queue:
+                self.metrics.rejected.labels("overloaded").inc()
                 return False
             self._queued += images
             self.metrics.queued.set(self._queued)
             return True
+
+    def overloaded_message(self) -> str:
+        return f"the server is busy ({self.max_queue} images waiting at most); retry shortly"
 
     def release(self, images: int) -> None:
         with self._queue_lock:
@@ -557,11 +563,9 @@ def create_app(
         if not state.ready.wait(timeout=config.request_timeout_s):
             return _error(503, "not_ready", "the model is still loading; retry shortly (see /readyz)")
         g.images = len(uploads)
-        if not state.admit(len(uploads)):
-            metrics.rejected.labels("overloaded").inc()
-            answer, status = _error(
-                503, "overloaded", f"the server is busy ({state.max_queue} images waiting at most); retry shortly"
-            )
+        counted = 0 if request.environ.get(ADMITTED_KEY) else len(uploads)  # behind asgi: counted there
+        if counted and not state.admit(counted):
+            answer, status = _error(503, "overloaded", state.overloaded_message())
             answer.headers["Retry-After"] = "1"
             return answer, status
         try:
@@ -569,7 +573,8 @@ def create_app(
         except (TimeoutError, FutureTimeout):  # the same class from Python 3.11 on
             return _error(504, "timeout", f"not classified within {config.request_timeout_s:g} s; send fewer files")
         finally:
-            state.release(len(uploads))
+            if counted:
+                state.release(counted)
         for record in records:
             metrics.images.labels("failed" if "error" in record else "classified").inc()
         if len(uploads) == 1:

@@ -241,7 +241,9 @@ def test_gpu_decoding_answers_the_same_json_as_cpu_decoding(lite0, nvjpeg: str) 
     plumbing changes nothing. With libjpeg for nvJPEG, the GPU path's resize arithmetic moves
     probabilities slightly; everything else (classes, names, errors, order, statuses) is identical.
     """
-    cpu = create_app(ServerConfig(), classifier=lite0, warm_up_async=False).test_client()
+    # both with CUDA's batch size: a request then goes in the same forward passes on both paths
+    # (passes of other sizes could move the last printed decimal)
+    cpu = create_app(ServerConfig(max_batch_size=64), classifier=lite0, warm_up_async=False).test_client()
     decoders: list[CountingDecoder] = []
 
     def counting(classifier: Classifier) -> CountingDecoder:

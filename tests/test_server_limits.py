@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,85 @@ def test_the_default_max_files_refuses_1500_while_reading(tmp_path: Path) -> Non
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_the_front_refuses_before_a_request_waits_for_a_thread() -> None:
+    """Behind `imgclassify serve`, admission happens in the event loop, counted by multipart parts,
+    so requests never pile up unbounded in front of the request threads; the app then skips its own."""
+    import asyncio
+
+    from imgclassify.asgi import BufferedWSGI
+    from imgclassify.server import ADMITTED_KEY
+
+    class Queue:
+        def __init__(self) -> None:
+            self.queued, self.seen = 0, []  # type: ignore[var-annotated]
+
+        def admit(self, images: int) -> bool:
+            self.seen.append(images)
+            if self.queued and self.queued + images > 3:
+                return False
+            self.queued += images
+            return True
+
+        def release(self, images: int) -> None:
+            self.queued -= images
+
+        def overloaded_message(self) -> str:
+            return "busy"
+
+    admitted: list[object] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        admitted.append(environ.get(ADMITTED_KEY))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    queue = Queue()
+    front = BufferedWSGI(app, max_body=10**7, read_timeout_s=5, max_files=10, admission=queue)
+    body, boundary = multipart([(f"{i}.png", small_png(i)) for i in range(2)])
+
+    async def request(path: str = "/predict") -> tuple[int, dict[bytes, bytes], bytes]:
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": [
+            (b"content-type", f"multipart/form-data; boundary={boundary}".encode())]}  # fmt: skip
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[MutableMapping[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        await front(scope, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"]), sent[1]["body"]
+
+    assert asyncio.run(request())[0] == 200 and admitted == [2] and queue.seen == [2] and queue.queued == 0
+    queue.queued = 2  # another request's images are waiting
+    status, headers, answer = asyncio.run(request())
+    assert status == 503 and headers[b"retry-after"] == b"1" and json.loads(answer)["error"] == "overloaded"
+    assert admitted == [2] and queue.queued == 2  # the app never saw it, nothing leaked
+    assert asyncio.run(request("/other"))[0] == 200 and admitted[-1] is None  # only predictions are counted
+    front.executor.shutdown()
+
+
+def test_the_gpu_path_goes_in_batch_size_passes_too(lite0) -> None:  # type: ignore[no-untyped-def]
+    """With GPU decoding (the batcher decodes), a request's uploads are decoded and classified in
+    passes of at most the batch size as well (here on the CPU, libjpeg standing in for nvJPEG)."""
+    from test_server_gpu_decode import CountingDecoder, gpu_app
+
+    decoders: list[CountingDecoder] = []
+
+    def counting(classifier: Any) -> CountingDecoder:
+        decoders.append(CountingDecoder(classifier))
+        return decoders[-1]
+
+    client = gpu_app(lite0, counting, max_batch_size=4, max_batch_delay_ms=1).test_client()
+    names = ["kitten.jpg", "labrador.jpg", "brittany.jpg", "dog.jpg"] * 5 + ["notes.txt"]
+    files = [(io.BytesIO((SAMPLES / n).read_bytes()) if n != "notes.txt" else io.BytesIO(b"x"), n) for n in names]
+    response = client.post("/predict", data={"file": files}, content_type="multipart/form-data")
+    assert response.status_code == 200
+    predictions = response.get_json()["predictions"]
+    assert [p.get("class_id") for p in predictions] == [282, 208, 215, 222] * 5 + [None]
+    calls = decoders[0].calls[1:]  # after the warm-up's
+    assert max(calls) <= 4 and sum(calls) == 21
