@@ -31,9 +31,9 @@ def main() -> None:
     from PIL import Image
 
     from imgclassify import load_classifier
-    from imgclassify.capabilities import cpu_description
-    from imgclassify.imaging import DecodeOptions
-    from imgclassify.loading import Decoder
+    from imgclassify.decode.imaging import DecodeOptions
+    from imgclassify.decode.loading import Decoder
+    from imgclassify.system.capabilities import cpu_description
 
     print(f"# camera decode: {len(PHOTOS)} photos x{args.scale}, JPEG q{args.quality}, {cpu_description()}")
     with tempfile.TemporaryDirectory() as tmp:

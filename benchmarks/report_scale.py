@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from imgclassify.records import Candidate, Prediction  # noqa: E402
-from imgclassify.report import write_report  # noqa: E402
+from imgclassify.results.records import Candidate, Prediction  # noqa: E402
+from imgclassify.results.report import write_report  # noqa: E402
 
 
 def main() -> None:

@@ -109,8 +109,8 @@ def main() -> None:
 
     from ray.cluster_utils import Cluster
 
-    from imgclassify.capabilities import cpu_description
-    from imgclassify.engines.ray import RAY_CLUSTER_SWITCH
+    from imgclassify.run.engines.ray import RAY_CLUSTER_SWITCH
+    from imgclassify.system.capabilities import cpu_description
 
     # loopback only: the local Rays as the engine's own (ray_startup too), and the drivers reach the
     # cluster's 127.0.0.1 address there (with Ray's cluster switch on, they would resolve it to the

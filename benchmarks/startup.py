@@ -5,7 +5,7 @@
 Prints, for one image: the whole `imgclassify predict IMAGE -m MODEL` process until its first
 record (and until it exits), and a breakdown measured in a fresh interpreter, step by step:
 Python + imgclassify, torch, reading the weights, building the model (the default
-architectures are imgclassify.nets: neither timm nor torchvision is imported; it says so),
+architectures are imgclassify.models.nets: neither timm nor torchvision is imported; it says so),
 decoding, the first forward pass. Best of --repeat runs each. ``--weights FILE`` times a local
 checkpoint (the DenseNet-121 path: ``--model densenet121 --weights densenet121.pth``).
 """
@@ -32,13 +32,13 @@ t0 = time.perf_counter(); marks = {}
 def mark(name): marks[name] = time.perf_counter() - t0
 import imgclassify.cli; mark("python + imgclassify")
 import torch; mark("torch")
-from imgclassify.model_plan import plan_model
+from imgclassify.models.plan import plan_model
 from imgclassify.options import ModelOptions
 weights = sys.argv[3] or None
 plan = plan_model(ModelOptions(model=sys.argv[1], weights=weights, device="cpu", offline=True)); mark("plan")
-from imgclassify.weights import read_state_dict
+from imgclassify.models.weights import read_state_dict
 state = read_state_dict(plan.weights_path); mark("read weights")
-from imgclassify.architectures import build_with_state
+from imgclassify.models.architectures import build_with_state
 net, _ = build_with_state(plan.spec, state); mark("build model")
 from imgclassify.pipeline import build_classifier
 clf = build_classifier(plan); mark("build classifier (again: weights, model, backend)")
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--image", default=str(ROOT / "samples" / "kitten.jpg"))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from imgclassify.capabilities import cpu_description
+    from imgclassify.system.capabilities import cpu_description
 
     weights = f" --weights {args.weights}" if args.weights else ""
     print(f"# start-up: {args.model}{weights}, one image, {cpu_description()}")

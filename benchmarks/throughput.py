@@ -68,7 +68,7 @@ def split_config(extra: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def unsupported(extra: list[str], device: str = "cpu") -> str | None:
     """Why this CPU cannot run a config well (None: it can)."""
-    from imgclassify.capabilities import cpu_features
+    from imgclassify.system.capabilities import cpu_features
 
     if is_cuda(device):
         return None  # the notes below are about the CPU's instructions
@@ -115,8 +115,8 @@ def build_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
 def random_weights(model: str, folder: Path) -> Path:
     import torch
 
-    from imgclassify.architectures import build
-    from imgclassify.registry import get_spec
+    from imgclassify.models.architectures import build
+    from imgclassify.models.registry import get_spec
 
     spec = get_spec(model)
     torch.manual_seed(0)
@@ -130,8 +130,8 @@ def tutorial_net(model: str, weights: Path, device: str) -> tuple[Any, Any]:
     import torch
     import torchvision.transforms as transforms
 
-    from imgclassify.architectures import build_with_state
-    from imgclassify.registry import get_spec
+    from imgclassify.models.architectures import build_with_state
+    from imgclassify.models.registry import get_spec
 
     net, _ = build_with_state(get_spec(model), torch.load(weights, weights_only=True))
     net.eval().to(device)
@@ -180,8 +180,8 @@ def net_loop(model: str, weights: Path, paths: list[Path], device: str = "cpu") 
 
 def decode_cost_ms(model: str, paths: list[Path]) -> float:
     """Decode + preprocess, one core (this thread), ms per image over ``paths``."""
-    from imgclassify.loading import Decoder
-    from imgclassify.registry import get_spec
+    from imgclassify.decode.loading import Decoder
+    from imgclassify.models.registry import get_spec
 
     decoder = Decoder(get_spec(model).preprocess)
     start = time.perf_counter()
@@ -275,8 +275,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also compare peak RSS over 200 and 2,000 images")
     parser.add_argument("--corpus", choices=["imagenet", "camera"], default="imagenet", help="photo sizes")
     args = parser.parse_args()
-    from imgclassify.capabilities import cpu_description, cpu_features
-    from imgclassify.loading import resolve_batch_size
+    from imgclassify.decode.loading import resolve_batch_size
+    from imgclassify.system.capabilities import cpu_description, cpu_features
 
     args.batch_size = resolve_batch_size(args.batch_size, args.device)
 

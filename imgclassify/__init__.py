@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from imgclassify.errors import (
     CheckpointError,
     DeviceError,
     ImageError,
@@ -24,21 +24,21 @@ from .errors import (
     UsageError,
     WeightsUnavailableError,
 )
-from .records import Candidate, Prediction
+from imgclassify.results.records import Candidate, Prediction
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .imaging import DecodeOptions
-    from .options import ModelOptions
-    from .pipeline import Classifier, load_classifier
+    from imgclassify.decode.imaging import DecodeOptions
+    from imgclassify.options import ModelOptions
+    from imgclassify.pipeline import Classifier, load_classifier
 
 _LAZY = {
     "Classifier": "pipeline",
     "load_classifier": "pipeline",
-    "expand_inputs": "sources",
-    "registry": "registry",
-    "DecodeOptions": "imaging",
+    "expand_inputs": "run.inputs",
+    "registry": "models.registry",
+    "DecodeOptions": "decode.imaging",
     "ModelOptions": "options",
 }
 

@@ -19,16 +19,15 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
-from . import __version__
-from .backends import Backend
-from .devices import Precision, validate_device
-from .engines import EngineKind
-from .errors import ImgclassifyError, UsageError
-from .imaging import DEFAULT_MAX_PIXELS, DecodeOptions
-from .options import ModelOptions
-from .server import DEFAULT_MAX_FILES
-from .sorting import SortMode, SortOptions
-from .writers import OutputFormat
+from imgclassify import __version__
+from imgclassify.decode.imaging import DEFAULT_MAX_PIXELS, DecodeOptions
+from imgclassify.errors import ImgclassifyError, UsageError
+from imgclassify.options import ModelOptions
+from imgclassify.results.formats import OutputFormat
+from imgclassify.run.engines import EngineKind
+from imgclassify.run.sorting import SortMode, SortOptions
+from imgclassify.server.app import DEFAULT_MAX_FILES
+from imgclassify.system.devices import Backend, Precision, validate_device
 
 app = typer.Typer(
     name="imgclassify",
@@ -88,7 +87,7 @@ def choice(kind: type[E], what: str) -> dict[str, Any]:
 
 def entry_point() -> None:
     """The console script: the commands, then a quick exit (:func:`runtime.exit_process`)."""
-    from .runtime import exit_process
+    from imgclassify.system.runtime import exit_process
 
     try:
         app(prog_name="imgclassify")
@@ -431,9 +430,9 @@ def predict(
     ] = None,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
-    from .runner import PredictOptions, run_predict
-    from .runtime import tune_allocator
-    from .sharding import Shard
+    from imgclassify.run.runner import PredictOptions, run_predict
+    from imgclassify.run.shards import Shard
+    from imgclassify.system.runtime import tune_allocator
 
     _setup_logging(quiet)
     tune_allocator()
@@ -480,7 +479,7 @@ def list_models(
     ] = None,
 ) -> None:
     """List the models: name, parameters, input size, and whether their weights work offline now."""
-    from .registry import registry
+    from imgclassify.models.registry import registry
 
     specs = list(registry().values())
     status = {spec.name: spec.weights_status().value for spec in specs}  # one look at the disk per model
@@ -538,7 +537,7 @@ def doctor(
     ] = None,
 ) -> None:
     """Check this environment: Python, torch build, CUDA/MPS, OpenVINO, CPU, allocator, offline models, preprocessing parity. Exit 1 when a check fails."""
-    from .doctor import healthy, print_table, run_checks
+    from imgclassify.doctor import healthy, print_table, run_checks
 
     with reporting_errors():
         checks = run_checks(image=image)
@@ -621,17 +620,17 @@ def serve(
     """Serve the tutorial's HTTP endpoint: GET /, POST /predict (multipart 'file'), /info, /healthz, /readyz, /metrics."""
     _setup_logging(quiet)
     with reporting_errors():
-        from .model_plan import plan_model
-        from .rendering import check_threshold
-        from .server import ServerConfig, open_server_warning, require_flask, resolve_api_key
-        from .server import serve as run_server
+        from imgclassify.models.plan import plan_model
+        from imgclassify.results.render import check_threshold
+        from imgclassify.server.app import ServerConfig, open_server_warning, require_flask, resolve_api_key
+        from imgclassify.server.app import serve as run_server
 
         check_threshold(threshold)
         api_key = resolve_api_key(api_key_file)  # a bad --api-key-file fails before the model loads
         require_flask()
         # fail here, with a clear message, rather than in a worker process
         plan = plan_model(model_options, progress=not quiet)
-        from .devices import resolve_device
+        from imgclassify.system.devices import resolve_device
 
         resolve_device(model_options.device)
         config = ServerConfig(
@@ -712,7 +711,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page of a run's results: thumbnails, filters, class counts, failures, provenance."""
     with reporting_errors():
-        from .report import ResultsFormat, ResultsFormatError, write_report
+        from imgclassify.results.report import ResultsFormat, ResultsFormatError, write_report
 
         fmt = None
         if results_format is not None:
@@ -751,7 +750,7 @@ def merge(
 ) -> None:
     """Join the outputs of `predict --shard 1/N` ... `N/N` into one output and manifest, each input once."""
     with reporting_errors():
-        from .merging import merge_shards
+        from imgclassify.run.merge import merge_shards
 
         summary = merge_shards(output, shards)
     if not quiet:

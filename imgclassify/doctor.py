@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .extras import install_hint
+from imgclassify.extras import install_hint
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -111,7 +111,7 @@ def check_serve_extra() -> Check:
 
 
 def check_cpu() -> Check:
-    from .capabilities import cpu_description, cpu_features
+    from imgclassify.system.capabilities import cpu_description, cpu_features
 
     advice = "bf16 runs in hardware: try --precision bf16" if cpu_features().fast_bf16 else "no bf16 hardware"
     return Check("cpu", Status.INFO, f"{cpu_description()}; {advice}")
@@ -148,8 +148,8 @@ def check_allocator() -> Check:
 
 
 def check_weights() -> list[Check]:
-    from .paths import cache_dir
-    from .registry import WeightsStatus, hub_checkpoints_dir, registry
+    from imgclassify.models.registry import WeightsStatus, hub_checkpoints_dir, registry
+    from imgclassify.system.paths import cache_dir
 
     specs = list(registry().values())
     status = {spec.name: spec.weights_status() for spec in specs}
@@ -196,10 +196,10 @@ def check_parity(image: Path | None = None, model: str = "densenet121") -> Check
     from PIL import Image, ImageOps
     from torchvision import transforms
 
-    from .backends.normalize import Normalizer
-    from .errors import ImgclassifyError
-    from .imaging import load_tensor
-    from .registry import get_spec
+    from imgclassify.decode.imaging import load_tensor
+    from imgclassify.errors import ImgclassifyError
+    from imgclassify.inference.normalize import Normalizer
+    from imgclassify.models.registry import get_spec
 
     config = get_spec(model).preprocess
     data = image.read_bytes() if image is not None else sample_image()

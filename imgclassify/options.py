@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend
-from .devices import Precision, validate_device
-from .errors import UsageError
-from .imaging import DecodeOptions
+from imgclassify.decode.imaging import DecodeOptions
+from imgclassify.errors import UsageError
+from imgclassify.system.devices import Backend, Precision, validate_device
 
 #: downloads are off when this environment variable is set (as with ``--offline``)
 OFFLINE_ENV = "IMGCLASSIFY_OFFLINE"

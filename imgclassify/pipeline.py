@@ -2,9 +2,9 @@
 
 :func:`load_classifier` turns :class:`~imgclassify.options.ModelOptions` into a
 :class:`Classifier` holding the three stages every path reuses (the CLI runner, the Python API,
-the server and the Ray engine): a :class:`~imgclassify.loading.Decoder` (file or bytes -> uint8
-tensor), an :class:`~imgclassify.backends.InferenceBackend` (uint8 batch -> probabilities, with
-out-of-memory halving) and the labels that :class:`~imgclassify.rendering.Renderer` turns into
+the server and the Ray engine): a :class:`~imgclassify.decode.loading.Decoder` (file or bytes -> uint8
+tensor), an :class:`~imgclassify.inference.InferenceBackend` (uint8 batch -> probabilities, with
+out-of-memory halving) and the labels that :class:`~imgclassify.results.render.Renderer` turns into
 records. A Classifier pickles: another process receives the same stages.
 """
 
@@ -14,17 +14,17 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from .backends import Backend, InferenceBackend, create_backend
-from .devices import Precision, resolve_device
-from .imaging import DecodeOptions, preprocess
-from .labels import Labels
-from .loaders import open_batches
-from .loading import Batch, Decoder, default_workers, resolve_batch_size
-from .model_plan import LabelSet, ModelPlan, plan_model
-from .options import ModelOptions
-from .records import Candidate, Prediction
-from .registry import ModelSpec, PreprocessConfig
-from .rendering import PROBABILITY_DECIMALS, Renderer, check_top_k
+from imgclassify.decode.imaging import DecodeOptions, preprocess
+from imgclassify.decode.loaders import open_batches
+from imgclassify.decode.loading import Batch, Decoder, default_workers, resolve_batch_size
+from imgclassify.inference import InferenceBackend, create_backend
+from imgclassify.models.labels import Labels
+from imgclassify.models.plan import LabelSet, ModelPlan, plan_model
+from imgclassify.models.registry import ModelSpec, PreprocessConfig
+from imgclassify.options import ModelOptions
+from imgclassify.results.records import Candidate, Prediction
+from imgclassify.results.render import PROBABILITY_DECIMALS, Renderer, check_top_k
+from imgclassify.system.devices import Backend, Precision, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +127,7 @@ class Classifier:
         """Classify files, yielding one list of records per batch, in input order.
 
         ``batch_size``: images per forward pass; None: the default for the device the model runs
-        on (:func:`~imgclassify.loading.default_batch_size`: 8 on the CPU, 64 on CUDA).
+        on (:func:`~imgclassify.decode.loading.default_batch_size`: 8 on the CPU, 64 on CUDA).
         ``threshold``: records whose top-1 probability is below it say ``confident=False``.
         """
         renderer = self.renderer(top_k, threshold)
@@ -159,7 +159,7 @@ class Classifier:
         the device's, as ``predict``): memory follows the batch size, not the number of images."""
         import torch
 
-        from .loading import resolve_batch_size
+        from imgclassify.decode.loading import resolve_batch_size
 
         renderer = self.renderer(top_k)
         if not images:
@@ -193,8 +193,8 @@ class Classifier:
 
 def build_classifier(plan: ModelPlan) -> Classifier:
     """Load the model of ``plan`` (imports torch) and compose the stages."""
-    from .architectures import build_with_state
-    from .weights import read_state_dict
+    from imgclassify.models.architectures import build_with_state
+    from imgclassify.models.weights import read_state_dict
 
     options = plan.options
     # OpenVINO (also int8) runs on the CPU: "auto" means the CPU there
@@ -220,7 +220,7 @@ def load_classifier(
     cached or downloadable, else the bundled EfficientNet-Lite0 (with a warning). ``weights``:
     a local checkpoint for that architecture. ``labels``: an ``index_to_name.json`` style file.
     ``offline``: never download (also ``IMGCLASSIFY_OFFLINE=1``). ``decode``: a
-    :class:`~imgclassify.imaging.DecodeOptions`.
+    :class:`~imgclassify.decode.imaging.DecodeOptions`.
     """
     if isinstance(model, ModelPlan):
         return build_classifier(model)

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: F401  (torch and torchvision belong to the baseline, not to the image)
     import torchvision.transforms.functional  # noqa: F401
 
+    from imgclassify.decode.imaging import DEFAULT_MAX_PIXELS, DecodeOptions, load_tensor
     from imgclassify.errors import ImageError
-    from imgclassify.imaging import DEFAULT_MAX_PIXELS, DecodeOptions, load_tensor
-    from imgclassify.registry import get_spec
+    from imgclassify.models.registry import get_spec
 
     config = get_spec(args.model).preprocess
     options = DecodeOptions(max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)

@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import SAMPLES, parse_jsonl
 from imgclassify import load_classifier
 from imgclassify.cli import app
-from imgclassify.imaging import DecodeOptions
+from imgclassify.decode.imaging import DecodeOptions
 
 LAB = 208  # labrador.jpg's class with efficientnet_lite0
 
@@ -251,7 +251,7 @@ def test_permission_denied(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_file_deleted_between_listing_and_reading(lite0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from imgclassify.sources import expand_inputs
+    from imgclassify.run.inputs import expand_inputs
 
     for name in ("a.jpg", "b.jpg"):
         shutil.copy(SAMPLES / "labrador.jpg", tmp_path / name)
@@ -262,7 +262,7 @@ def test_file_deleted_between_listing_and_reading(lite0, tmp_path: Path) -> None
 
 
 def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    import imgclassify.loading as loading
+    import imgclassify.decode.loading as loading
 
     real = loading.load_tensor  # type: ignore[attr-defined]
     poison = str(tmp_path / "poison.jpg")
@@ -305,7 +305,7 @@ def test_non_utf8_and_odd_names_in_every_format(runner, tmp_path: Path) -> None:
 
 
 def test_matrix_through_the_server(lite0, matrix) -> None:  # type: ignore[no-untyped-def]
-    from imgclassify.server import ServerConfig, create_app
+    from imgclassify.server.app import ServerConfig, create_app
 
     client = create_app(ServerConfig(), classifier=lite0, warm_up_async=False).test_client()
     for name, (path, expected) in matrix.items():
@@ -323,7 +323,7 @@ def test_matrix_through_the_server(lite0, matrix) -> None:  # type: ignore[no-un
 
 
 def test_server_refuses_oversized_body_without_reading_it(lite0) -> None:  # type: ignore[no-untyped-def]
-    from imgclassify.server import ServerConfig, create_app
+    from imgclassify.server.app import ServerConfig, create_app
 
     class Unreadable(io.RawIOBase):
         def readable(self) -> bool:
@@ -389,8 +389,8 @@ def test_one_pixel_thin_images_take_megabytes_not_gigabytes(tmp_path: Path) -> N
 
 
 def test_extreme_aspect_crop_path_is_the_center_crop_of_the_resize() -> None:
-    from imgclassify.imaging import preprocess
-    from imgclassify.registry import get_spec
+    from imgclassify.decode.imaging import preprocess
+    from imgclassify.models.registry import get_spec
 
     config = get_spec("densenet121").preprocess
     rng = __import__("numpy").random.default_rng(0)
@@ -421,7 +421,7 @@ def test_peak_memory_within_the_documented_bound(tmp_path: Path, kind: str) -> N
     """peak <= BYTES_PER_PIXEL x --max-pixels + 64 MB, measured on 20-megapixel images."""
     import numpy as np
 
-    from imgclassify.imaging import BYTES_PER_PIXEL, DECODE_COST
+    from imgclassify.decode.imaging import BYTES_PER_PIXEL, DECODE_COST
 
     width, height = 4000, 5000
     base = (np.add.outer(np.arange(height) // 7, np.arange(width) // 5) % 256).astype(np.uint8)
@@ -459,7 +459,7 @@ def test_worst_case_at_the_default_max_pixels(tmp_path: Path) -> None:
     """An RGBA PNG of 178,944,129 pixels (just under the default --max-pixels): about 1.4 GB."""
     import numpy as np
 
-    from imgclassify.imaging import BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
+    from imgclassify.decode.imaging import BYTES_PER_PIXEL, DEFAULT_MAX_PIXELS
 
     side = 13_377
     row = (np.arange(side) % 251).astype(np.uint8)
@@ -476,8 +476,8 @@ def test_worst_case_at_the_default_max_pixels(tmp_path: Path) -> None:
 
 
 def test_decoded_size_checked_against_max_pixels(tmp_path: Path) -> None:
+    from imgclassify.decode.imaging import open_image
     from imgclassify.errors import ImageError
-    from imgclassify.imaging import open_image
 
     ico_lying_about_size(tmp_path / "lying.ico", Image.new("RGB", (1, 30_000)))
     with pytest.raises(ImageError, match=r"image too large: 1x30000 pixels"):  # the ICO says 16x16
@@ -486,8 +486,8 @@ def test_decoded_size_checked_against_max_pixels(tmp_path: Path) -> None:
 
 
 def test_webp_limit_is_scaled_by_its_decoder_cost(tmp_path: Path) -> None:
+    from imgclassify.decode.imaging import open_image
     from imgclassify.errors import ImageError
-    from imgclassify.imaging import open_image
 
     Image.new("RGB", (200, 200)).save(tmp_path / "a.webp")
     Image.new("RGB", (200, 200)).save(tmp_path / "a.png")
@@ -501,7 +501,7 @@ def test_rotated_heic_is_rotated_once(lite0, tmp_path: Path) -> None:  # type: i
     import numpy as np
 
     pillow_heif = pytest.importorskip("pillow_heif")
-    from imgclassify.imaging import open_image
+    from imgclassify.decode.imaging import open_image
 
     lab = labrador()
     exif = Image.Exif()
@@ -520,8 +520,8 @@ def test_heif_without_pillow_heif_names_the_fix(tmp_path: Path, monkeypatch: pyt
     import sys
 
     pillow_heif = pytest.importorskip("pillow_heif")
+    from imgclassify.decode.imaging import open_image
     from imgclassify.errors import ImageError
-    from imgclassify.imaging import open_image
 
     pillow_heif.from_pillow(labrador()).save(tmp_path / "a.heic")
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails as if not installed
@@ -542,7 +542,7 @@ def test_import_changes_nothing_process_wide() -> None:
 import warnings
 from PIL import Image, ImageFile
 before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN), list(warnings.filters))
-import imgclassify, imgclassify.imaging, imgclassify.sources
+import imgclassify, imgclassify.decode.imaging, imgclassify.run.inputs
 after = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN), list(warnings.filters))
 assert before == after, (before, after)
 print("unchanged")
@@ -555,8 +555,8 @@ print("unchanged")
 def test_decoding_leaves_pillow_globals_as_they_were(matrix) -> None:  # type: ignore[no-untyped-def]
     from PIL import ImageFile
 
+    from imgclassify.decode.imaging import open_image
     from imgclassify.errors import ImageError
-    from imgclassify.imaging import open_image
 
     before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES, sorted(Image.OPEN))
     for name in ("photo.heic", "photo.avif", "bomb.png", "truncated.jpg"):
@@ -570,7 +570,7 @@ def test_decoding_leaves_pillow_globals_as_they_were(matrix) -> None:  # type: i
 def test_a_big_jpeg_over_pillows_own_limit_still_decodes_at_reduced_scale(tmp_path: Path) -> None:
     """Pillow refuses > 178,956,970 pixels at open; imgclassify opens past that without changing
     Pillow's global limit, and decodes at 1/8 scale (its own --max-pixels is what counts)."""
-    from imgclassify.imaging import open_image
+    from imgclassify.decode.imaging import open_image
 
     path = tmp_path / "big.jpg"
     Image.new("RGB", (20_000, 10_000), (10, 200, 30)).save(path, quality=50)  # 200 Mpx, 300 KB
@@ -582,7 +582,7 @@ def test_allow_truncated_across_threads_restores_pillows_global(matrix) -> None:
 
     from PIL import ImageFile
 
-    from imgclassify.imaging import open_image
+    from imgclassify.decode.imaging import open_image
 
     truncated = matrix["truncated.jpg"][0]
     with ThreadPoolExecutor(8) as pool:
@@ -592,7 +592,7 @@ def test_allow_truncated_across_threads_restores_pillows_global(matrix) -> None:
 
 
 def test_phone_formats_are_walked(tmp_path: Path) -> None:
-    from imgclassify.sources import expand_inputs
+    from imgclassify.run.inputs import expand_inputs
 
     for name in ("a.heic", "b.HEIF", "c.avif", "d.txt"):
         (tmp_path / name).write_bytes(b"x")
@@ -640,7 +640,7 @@ def test_a_decode_worker_that_dies_costs_only_its_file(  # type: ignore[no-untyp
     lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Killed by the OS (out of memory) or crashed in a C decoder: the run goes on with new workers."""
-    import imgclassify.loading as loading
+    import imgclassify.decode.loading as loading
 
     real = loading.load_tensor  # type: ignore[attr-defined]
     paths = []

@@ -17,15 +17,16 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import LABELLED
-from imgclassify import pipeline, server
-from imgclassify.asgi import config_to_env
+from imgclassify import pipeline
 from imgclassify.cli import app
-from imgclassify.engines.local import LocalEngine
+from imgclassify.decode.loaders import open_batches
+from imgclassify.decode.loading import DEFAULT_BATCH_SIZES, default_batch_size, resolve_batch_size
 from imgclassify.errors import UsageError
-from imgclassify.loaders import open_batches
-from imgclassify.loading import DEFAULT_BATCH_SIZES, default_batch_size, resolve_batch_size
 from imgclassify.pipeline import Classifier
-from imgclassify.server import ServerConfig, UploadDecoding, create_app
+from imgclassify.run.engines.local import LocalEngine
+from imgclassify.server import app as server
+from imgclassify.server.app import ServerConfig, UploadDecoding, create_app
+from imgclassify.server.asgi import config_to_env
 
 LITE0 = ["-m", "efficientnet_lite0", "-d", "cpu"]
 PHOTOS = sorted(str(p) for p in LABELLED.iterdir())  # 50: more than one default batch on either device

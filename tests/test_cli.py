@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from conftest import DENSENET_FILE, SAMPLES, parse_jsonl
 from imgclassify.cli import app
-from imgclassify.writers import CSV_COLUMNS
+from imgclassify.results.formats import CSV_COLUMNS
 
 LITE = ["-m", "efficientnet_lite0"]
 GOLDEN = Path(__file__).parent / "golden"
@@ -281,7 +281,7 @@ def test_installed_command_as_subprocess(tmp_path: Path) -> None:
 
 
 def test_offline_flag_never_downloads(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclassify.weights as weights
+    import imgclassify.models.weights as weights
 
     def no_download(*args: object, **kwargs: object) -> None:
         raise AssertionError("tried to download")

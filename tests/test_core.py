@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import LABELLED, SAMPLES
-from imgclassify.backends import Backend, InferenceBackend
-from imgclassify.loading import Batch, Decoder, default_workers, iter_batches
-from imgclassify.rendering import Renderer
+from imgclassify.decode.loading import Batch, Decoder, default_workers, iter_batches
+from imgclassify.inference import Backend, InferenceBackend
+from imgclassify.results.render import Renderer
 
 PHOTOS = [str(SAMPLES / n) for n in ("kitten.jpg", "dog.jpg", "labrador.jpg")]
 
@@ -116,13 +116,13 @@ import PIL.Image, PIL.ImageFile
 import torch
 before = [logging.getLevelName(logging.WARNING), PIL.Image.MAX_IMAGE_PIXELS, PIL.ImageFile.LOAD_TRUNCATED_IMAGES,
           torch.get_num_threads()]
-import imgclassify, imgclassify.cli, imgclassify.pipeline, imgclassify.server, imgclassify.runner, imgclassify.runtime
+import imgclassify, imgclassify.cli, imgclassify.pipeline, imgclassify.server.app, imgclassify.run.runner, imgclassify.system.runtime
 from imgclassify import load_classifier
 clf = load_classifier("efficientnet_lite0", device="cpu")
 list(clf.predict([sys.argv[1]]))
 after = [logging.getLevelName(logging.WARNING), PIL.Image.MAX_IMAGE_PIXELS, PIL.ImageFile.LOAD_TRUNCATED_IMAGES,
          torch.get_num_threads()]
-print(json.dumps({"before": before, "after": after, "allocator_tuned": imgclassify.runtime._applied}))
+print(json.dumps({"before": before, "after": after, "allocator_tuned": imgclassify.system.runtime._applied}))
 """
 
 

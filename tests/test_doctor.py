@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import SAMPLES
 from imgclassify import doctor
 from imgclassify.cli import app
-from imgclassify.paths import cache_dir
+from imgclassify.system.paths import cache_dir
 
 NAMES = [
     "python", "torch", "accelerators", "openvino", "serve extra", "cpu", "allocator", "weights cache",
@@ -38,7 +38,7 @@ def test_doctor_json_reports_every_check(runner: CliRunner) -> None:
     assert "efficientnet_lite0" in checks["offline models"]["detail"]
     parity = checks["preprocessing parity"]
     assert parity["status"] == "ok" and parity["detail"].endswith("pass")
-    from imgclassify.capabilities import cpu_description
+    from imgclassify.system.capabilities import cpu_description
 
     assert checks["cpu"]["detail"].startswith(cpu_description())
 
@@ -49,7 +49,7 @@ def test_parity_check_on_a_real_photo() -> None:
 
 
 def test_parity_check_fails_when_preprocessing_drifts(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclassify.imaging as imaging
+    import imgclassify.decode.imaging as imaging
 
     original = imaging.preprocess
     monkeypatch.setattr(imaging, "preprocess", lambda image, config: original(image, config).roll(1, dims=2))

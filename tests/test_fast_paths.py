@@ -10,9 +10,9 @@ import pytest
 
 from conftest import LABELLED, SAMPLES
 from imgclassify import load_classifier
+from imgclassify.decode.imaging import DecodeOptions
 from imgclassify.errors import DeviceError
-from imgclassify.imaging import DecodeOptions
-from imgclassify.labels import imagenet_labels
+from imgclassify.models.labels import imagenet_labels
 
 pytestmark = pytest.mark.slow  # each runs a model over the 58 photos
 
@@ -92,7 +92,7 @@ def test_fast_decode_on_big_jpegs(lite0, tmp_path: Path) -> None:  # type: ignor
     fast = top1(fast_clf, big)
     check_against(exact, fast)
     # and the reduced scale really was used: a drafted decode is smaller than the file's size
-    from imgclassify.imaging import open_image
+    from imgclassify.decode.imaging import open_image
 
     assert (
         min(open_image(big[0], DecodeOptions(fast=True), short_side=256).size) < min(Image.open(big[0]).size) // 2 + 1

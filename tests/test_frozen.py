@@ -12,10 +12,10 @@ from torch import nn
 
 from conftest import LABELLED, SAMPLES
 from imgclassify import load_classifier
-from imgclassify.backends import Backend, create_backend
-from imgclassify.backends.frozen import MIN_BATCHES, FrozenGraphBackend
-from imgclassify.devices import Precision
-from imgclassify.registry import Interpolation, PreprocessConfig
+from imgclassify.inference import Backend, create_backend
+from imgclassify.inference.frozen import MIN_BATCHES, FrozenGraphBackend
+from imgclassify.models.registry import Interpolation, PreprocessConfig
+from imgclassify.system.devices import Precision
 
 CONFIG = PreprocessConfig(32, 32, Interpolation.BILINEAR, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

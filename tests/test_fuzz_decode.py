@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import SAMPLES
+from imgclassify.decode.imaging import DecodeOptions, load_tensor
 from imgclassify.errors import ImageError
-from imgclassify.imaging import DecodeOptions, load_tensor
-from imgclassify.registry import get_spec
+from imgclassify.models.registry import get_spec
 
 CONFIG = get_spec("efficientnet_lite0").preprocess
 

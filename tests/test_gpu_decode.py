@@ -19,7 +19,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from typer.testing import CliRunner
 
 from conftest import LABELLED, SAMPLES
-from imgclassify.gpu_decode import (
+from imgclassify.decode.gpu import (
     GpuBatchDecoder,
     JpegHeader,
     chunks_by_pixels,
@@ -32,10 +32,10 @@ from imgclassify.gpu_decode import (
     read_header,
     resize_crop,
 )
-from imgclassify.imaging import DecodeOptions, open_image
-from imgclassify.loaders import LoaderKind, choose_loader, pin_memory_for
-from imgclassify.loading import Decoder
-from imgclassify.registry import get_spec
+from imgclassify.decode.imaging import DecodeOptions, open_image
+from imgclassify.decode.loaders import LoaderKind, choose_loader, pin_memory_for
+from imgclassify.decode.loading import Decoder
+from imgclassify.models.registry import get_spec
 
 CPU = torch.device("cpu")
 BILINEAR = get_spec("densenet121").preprocess  # resize 256, crop 224, bilinear
@@ -315,8 +315,8 @@ def test_prefetch_keeps_order_raises_in_order_and_stops() -> None:
 def test_device_cuda_without_cuda_fails_before_the_model_is_planned(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from imgclassify import runner as runner_module
     from imgclassify.cli import app
+    from imgclassify.run import runner as runner_module
 
     def no_planning(*args: object, **kwargs: object) -> None:
         raise AssertionError("plan_model was called")

@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import LABELLED, ROOT, SAMPLES
-from imgclassify.calibration import calibration_photos, calibration_sha256, calibration_views
 from imgclassify.cli import app
-from imgclassify.labels import imagenet_labels
-from imgclassify.registry import get_spec
+from imgclassify.inference.calibration import calibration_photos, calibration_sha256, calibration_views
+from imgclassify.models.labels import imagenet_labels
+from imgclassify.models.registry import get_spec
 
 LITE0 = get_spec("efficientnet_lite0").preprocess
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import LABELLED, SAMPLES
-from imgclassify.loading import Decoder, default_threads, iter_batches
-from imgclassify.registry import get_spec
+from imgclassify.decode.loading import Decoder, default_threads, iter_batches
+from imgclassify.models.registry import get_spec
 
 DECODER = Decoder(get_spec("efficientnet_lite0").preprocess)
 
@@ -53,20 +53,20 @@ def test_decoding_ahead_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("imgclassify.loading.available_cores", lambda: 2)
+    monkeypatch.setattr("imgclassify.decode.loading.available_cores", lambda: 2)
     assert default_threads(100, 8, workers=0) == 2
     assert default_threads(100, 8, workers=1) == 0  # decode processes instead
     assert default_threads(8, 8, workers=0) == 0  # one batch: nothing to overlap
-    monkeypatch.setattr("imgclassify.loading.available_cores", lambda: 16)
+    monkeypatch.setattr("imgclassify.decode.loading.available_cores", lambda: 16)
     assert default_threads(100, 8, workers=0) == 4
     monkeypatch.setenv("IMGCLASSIFY_DECODE_THREADS", "0")
     assert default_threads(100, 8, workers=0) == 0
 
 
 def test_precision_advice_follows_the_cpu() -> None:
-    from imgclassify.advice import precision_warning, speed_precision
-    from imgclassify.capabilities import CpuFeatures
-    from imgclassify.devices import Precision
+    from imgclassify.system.advice import precision_warning, speed_precision
+    from imgclassify.system.capabilities import CpuFeatures
+    from imgclassify.system.devices import Precision
 
     cascade_lake = CpuFeatures("Xeon", 2, avx2=True, avx512=True, avx512_bf16=False, amx=False, vnni=True)
     zen4 = CpuFeatures("EPYC", 2, avx2=True, avx512=True, avx512_bf16=True, amx=False, vnni=True)

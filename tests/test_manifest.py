@@ -27,7 +27,7 @@ def test_manifest_beside_the_output(runner: CliRunner, tmp_path: Path) -> None:
     assert result.exit_code == 1, result.stderr
     manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
     from imgclassify import __version__
-    from imgclassify.registry import get_spec
+    from imgclassify.models.registry import get_spec
 
     bundled = get_spec("efficientnet_lite0").bundled_path()
     assert bundled is not None
@@ -182,7 +182,7 @@ def test_offline_reaches_the_library_as_an_argument(runner: CliRunner, monkeypat
 
 
 def test_server_info_has_the_same_provenance(lite0, tmp_path: Path, runner: CliRunner) -> None:  # type: ignore[no-untyped-def]
-    from imgclassify.server import ServerConfig, create_app
+    from imgclassify.server.app import ServerConfig, create_app
 
     client = create_app(ServerConfig(), classifier=lite0, warm_up_async=False).test_client()
     info = client.get("/info").get_json()

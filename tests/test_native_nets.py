@@ -1,4 +1,4 @@
-"""The native EfficientNet-Lite0 and DenseNet-121 (imgclassify.nets) against timm's and torchvision's."""
+"""The native EfficientNet-Lite0 and DenseNet-121 (imgclassify.models.nets) against timm's and torchvision's."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import SAMPLES
 from imgclassify.cli import app
-from imgclassify.nets.densenet import DenseNet121
-from imgclassify.nets.efficientnet_lite import EfficientNetLite0
+from imgclassify.models.nets.densenet import DenseNet121
+from imgclassify.models.nets.efficientnet_lite import EfficientNetLite0
 
 
 def _randomize(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -110,7 +110,7 @@ def test_predict_densenet_weights_never_imports_timm_or_torchvision(tmp_path: Pa
 
 def test_a_run_to_stdout_does_not_hash_the_weights(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sha256 of the weights is provenance for the manifest and --resume: none of it here."""
-    import imgclassify.model_plan as model_plan
+    import imgclassify.models.plan as model_plan
 
     def no_hash(path: Path) -> str:
         raise AssertionError(f"hashed {path}")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import LABELLED, SAMPLES
-from imgclassify.labels import imagenet_labels
+from imgclassify.models.labels import imagenet_labels
 
 
 def test_samples_known_classes(lite0) -> None:  # type: ignore[no-untyped-def]

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, SAMPLES
-from imgclassify.imaging import preprocess
-from imgclassify.registry import IMAGENET_MEAN, IMAGENET_STD, Interpolation, PreprocessConfig
+from imgclassify.decode.imaging import preprocess
+from imgclassify.models.registry import IMAGENET_MEAN, IMAGENET_STD, Interpolation, PreprocessConfig
 
 SIZES = [
     (256, 256),
@@ -57,8 +57,8 @@ def test_same_pixels_as_torchvision(interpolation: Interpolation, resize: int, c
 
 def test_preprocess_does_not_import_torchvision() -> None:
     code = (
-        "import sys; from PIL import Image; from imgclassify.imaging import load_tensor;"
-        "from imgclassify.registry import get_spec;"
+        "import sys; from PIL import Image; from imgclassify.decode.imaging import load_tensor;"
+        "from imgclassify.models.registry import get_spec;"
         f"load_tensor({str(SAMPLES / 'kitten.jpg')!r}, get_spec('densenet121').preprocess);"
         "print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
     )

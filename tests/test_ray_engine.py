@@ -20,9 +20,9 @@ import pytest
 
 from conftest import LABELLED, parse_jsonl
 from imgclassify.cli import app
-from imgclassify.engines.ray import RAY_CLUSTER_SWITCH, InOrder, check_cpus_left
 from imgclassify.errors import UsageError
-from imgclassify.records import Prediction
+from imgclassify.results.records import Prediction
+from imgclassify.run.engines.ray import RAY_CLUSTER_SWITCH, InOrder, check_cpus_left
 
 MB = 1024 * 1024
 ACTOR_TITLE = b"ray::MapWorker(MapBatches(ModelActor))"
@@ -151,8 +151,8 @@ def test_a_killed_actor_loses_nothing(cluster: Any, tmp_path: Path) -> None:
 DRIVER = """
 import json, sys
 import ray
-from imgclassify.engines.ray import RayEngine
-from imgclassify.model_plan import plan_model
+from imgclassify.run.engines.ray import RayEngine
+from imgclassify.models.plan import plan_model
 from imgclassify.options import ModelOptions
 
 engine = RayEngine(plan_model(ModelOptions(model="efficientnet_lite0", device="cpu")), address=sys.argv[1] or None)

@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from conftest import ROOT, SAMPLES
 from imgclassify.cli import app
 from imgclassify.errors import UsageError
-from imgclassify.records import Candidate, Prediction
-from imgclassify.report import (
+from imgclassify.results.formats import OutputFormat, make_writer
+from imgclassify.results.records import Candidate, Prediction
+from imgclassify.results.report import (
     ManifestError,
     ResultsFormat,
     ResultsFormatError,
@@ -34,7 +35,6 @@ from imgclassify.report import (
     read_records,
     write_report,
 )
-from imgclassify.writers import OutputFormat, make_writer
 
 PHOTOS = sorted(p for p in SAMPLES.glob("*.jpg"))
 HOSTILE_CLASS = '</script><script>alert("class")</script>'

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLES, free_port, wait_until_ready
-from imgclassify.server import ROOT_MESSAGE, ServerConfig, create_app
+from imgclassify.server.app import ROOT_MESSAGE, ServerConfig, create_app
 
 EXPECTED = {"kitten.jpg": 282, "labrador.jpg": 208, "brittany.jpg": 215, "dog.jpg": 222}
 

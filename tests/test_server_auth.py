@@ -26,10 +26,9 @@ from typing import Any
 import pytest
 
 from conftest import SAMPLES, free_port, wait_until_ready
-from imgclassify.asgi import config_to_env
 from imgclassify.cli import app as cli_app
 from imgclassify.errors import UsageError
-from imgclassify.server import (
+from imgclassify.server.app import (
     ROOT_MESSAGE,
     ServerConfig,
     check_authorization,
@@ -38,6 +37,7 @@ from imgclassify.server import (
     read_api_key_file,
     resolve_api_key,
 )
+from imgclassify.server.asgi import config_to_env
 
 KEY = "k3y-Zq9vT2-not-in-any-answer"  # distinctive: searched for in every answer, log and repr
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -232,7 +232,7 @@ def test_workers_get_the_file_path_not_the_key(tmp_path: Path) -> None:
 def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[ServerConfig, dict[str, Any]]]:
     """``serve``'s calls to the server: nothing listens."""
     calls: list[tuple[ServerConfig, dict[str, Any]]] = []
-    monkeypatch.setattr("imgclassify.server.serve", lambda config, **kw: calls.append((config, kw)))
+    monkeypatch.setattr("imgclassify.server.app.serve", lambda config, **kw: calls.append((config, kw)))
     monkeypatch.delenv("IMGCLASSIFY_API_KEY", raising=False)
     return calls
 

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from conftest import SAMPLES
-from imgclassify.batching import DynamicBatcher, Prepared
-from imgclassify.gpu_decode import GpuBatchDecoder, nvjpeg_decode
+from imgclassify.decode.gpu import GpuBatchDecoder, nvjpeg_decode
 from imgclassify.pipeline import Classifier
-from imgclassify.server import ServerConfig, UploadDecoding, create_app
+from imgclassify.server.app import ServerConfig, UploadDecoding, create_app
+from imgclassify.server.batching import DynamicBatcher, Prepared
 
 CPU = torch.device("cpu")
 PHOTOS = sorted(p.name for p in SAMPLES.glob("*.jpg"))

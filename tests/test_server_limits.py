@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLES, free_port, wait_until_ready
-from imgclassify.batching import DynamicBatcher
-from imgclassify.server import ServerConfig, create_app
+from imgclassify.server.app import ServerConfig, create_app
+from imgclassify.server.batching import DynamicBatcher
 
 #: the bound docs/serve.md states: a request of 1,500 small files adds at most this much to the
 #: server's resident memory (EfficientNet-Lite0 on the CPU, batch 8; measured: about +240 MB)
@@ -74,7 +74,7 @@ def test_a_big_payload_goes_in_passes_of_the_batch_size_and_joins_back() -> None
 def test_joined_errors_keep_their_positions() -> None:
     import torch
 
-    from imgclassify.batching import Prepared
+    from imgclassify.server.batching import Prepared
 
     def prepare(payloads: list[list[int]]) -> Prepared:  # odd numbers fail
         flat = [v for p in payloads for v in p]
@@ -148,7 +148,7 @@ def test_more_files_than_max_files_is_413_json(lite0) -> None:  # type: ignore[n
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
 def test_part_counter_counts_parts_across_any_chunking(chunk: int) -> None:
-    from imgclassify.asgi import _PartCounter
+    from imgclassify.server.asgi import _PartCounter
 
     body, boundary = multipart([(f"{i}.png", small_png(i)) for i in range(12)])
     counter = _PartCounter.for_headers([(b"content-type", f"multipart/form-data; boundary={boundary}".encode())])
@@ -275,8 +275,8 @@ def test_the_front_refuses_before_a_request_waits_for_a_thread() -> None:
     so requests never pile up unbounded in front of the request threads; the app then skips its own."""
     import asyncio
 
-    from imgclassify.asgi import BufferedWSGI
-    from imgclassify.server import ADMITTED_KEY
+    from imgclassify.server.app import ADMITTED_KEY
+    from imgclassify.server.asgi import BufferedWSGI
 
     class Queue:
         def __init__(self) -> None:

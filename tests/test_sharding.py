@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from conftest import SAMPLES, parse_jsonl
 from imgclassify.cli import app
 from imgclassify.errors import UsageError
-from imgclassify.merging import merge_key
-from imgclassify.sharding import Shard, shard_hash
-from imgclassify.sources import expand_inputs
+from imgclassify.run.inputs import expand_inputs
+from imgclassify.run.merge import merge_key
+from imgclassify.run.shards import Shard, shard_hash
 
 # batch size 1: each image's arithmetic then never depends on which others share its batch
 # (oneDNN's rounding does on some CPUs, in the 6th decimal), so merged shards are byte-identical
@@ -156,7 +156,7 @@ def test_three_shards_cover_the_folder_once_and_merge_to_the_single_run(
     work = _work(sharded, tmp_path, monkeypatch)
     single = parse_jsonl((work / "single.jsonl").read_text())
     assert len(single) == 10
-    from imgclassify.report import read_records
+    from imgclassify.results.report import read_records
 
     shard_paths = [[r["path"] for r in read_records(work / name)] for name in SHARDS.values()]
     assert all(shard_paths), shard_paths  # each shard has work

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from conftest import SAMPLES, parse_jsonl
 from imgclassify.cli import app
-from imgclassify.records import Candidate, Prediction
-from imgclassify.sorting import JOURNAL_NAME, Sorter, SortMode, SortOptions, class_folder, safe_name
+from imgclassify.results.records import Candidate, Prediction
+from imgclassify.run.sorting import JOURNAL_NAME, Sorter, SortMode, SortOptions, class_folder, safe_name
 
 KITTEN = Candidate(282, "n02123159", "tiger_cat", 0.9)
 

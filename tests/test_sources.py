@@ -6,7 +6,7 @@ import io
 import os
 from pathlib import Path
 
-from imgclassify.sources import expand_inputs, natural_key
+from imgclassify.run.inputs import expand_inputs, natural_key
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from conftest import SAMPLES, parse_jsonl
 from imgclassify.cli import app
 from imgclassify.errors import UsageError
-from imgclassify.labels import generic_labels
-from imgclassify.rendering import Renderer, check_threshold
-from imgclassify.server import ServerConfig, create_app
+from imgclassify.models.labels import generic_labels
+from imgclassify.results.render import Renderer, check_threshold
+from imgclassify.server.app import ServerConfig, create_app
 
 LITE = ["-m", "efficientnet_lite0"]
 # kitten: tiger_cat 0.5585; labrador: Labrador_retriever 0.9268 (EfficientNet-Lite0)
@@ -69,12 +69,12 @@ def test_cli_table_marks_unsure(runner: CliRunner) -> None:
 
 
 def test_bad_threshold_fails_before_the_model_loads(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclassify.runner
+    import imgclassify.run.runner
 
     def no_plan(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was planned")
 
-    monkeypatch.setattr(imgclassify.runner, "plan_model", no_plan)
+    monkeypatch.setattr(imgclassify.run.runner, "plan_model", no_plan)
     result = invoke(runner, "predict", *TWO, *LITE, "--threshold", "1.5")
     assert result.exit_code == 2
     assert "--threshold must be a probability from 0 to 1 (such as 0.5), got 1.5" in result.stderr

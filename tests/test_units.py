@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgclassify.batching import Answer, DynamicBatcher
 from imgclassify.errors import UsageError
-from imgclassify.resume import recorded_paths, resume_key
-from imgclassify.runner import failure_limit
-from imgclassify.writers import OutputFormat
+from imgclassify.results.formats import OutputFormat
+from imgclassify.results.resume import recorded_paths, resume_key
+from imgclassify.run.runner import failure_limit
+from imgclassify.server.batching import Answer, DynamicBatcher
 
 # -- resume.recorded_paths ---------------------------------------------------------------------
 
@@ -179,7 +179,7 @@ def test_quick_exit_waits_for_threads_and_children(monkeypatch: pytest.MonkeyPat
     import multiprocessing
     import threading
 
-    from imgclassify.runtime import _still_running
+    from imgclassify.system.runtime import _still_running
 
     # the threads and children this process sees, as the test sets them (earlier tests leave some)
     main = threading.main_thread()

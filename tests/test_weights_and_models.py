@@ -12,9 +12,9 @@ import torch
 from conftest import DENSENET_FILE, SAMPLES
 from imgclassify import load_classifier
 from imgclassify.errors import CheckpointError, LabelsError, UnknownModelError, WeightsUnavailableError
-from imgclassify.labels import load_labels
-from imgclassify.registry import WeightsStatus, get_spec, registry
-from imgclassify.weights import read_state_dict
+from imgclassify.models.labels import load_labels
+from imgclassify.models.registry import WeightsStatus, get_spec, registry
+from imgclassify.models.weights import read_state_dict
 
 
 def reference_probs(model: torch.nn.Module, path: Path) -> torch.Tensor:
@@ -78,7 +78,7 @@ def test_default_falls_back_offline_with_one_warning(caplog: pytest.LogCaptureFi
 def test_failed_download_falls_back_too(monkeypatch: pytest.MonkeyPatch) -> None:
     import urllib.error
 
-    import imgclassify.weights as weights
+    import imgclassify.models.weights as weights
 
     calls = []
 

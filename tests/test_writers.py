@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclassify.records import Candidate, Prediction
-from imgclassify.writers import CSV_COLUMNS, OutputFormat, make_writer
+from imgclassify.results.formats import CSV_COLUMNS, OutputFormat, make_writer
+from imgclassify.results.records import Candidate, Prediction
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -1,0 +1,407 @@
+"""Opening one image file and turning it into the model's input tensor (uint8, CHW).
+
+Every failure becomes an :class:`~imgclassify.errors.ImageError` with a readable reason, so
+one bad file never stops a run nor touches the other files' results.
+
+Memory: one image's peak is bounded by its decoded size (which ``DecodeOptions.max_pixels``
+bounds), never by its shape or by what its header claims; see README, "Bad input". Mode
+conversions run tile by tile, the EXIF rotation happens in place, and preprocessing resizes only
+the part of the image the center crop keeps, so a 1 x 100,000 image never becomes 25,600,000 x 256.
+
+Importing this module changes nothing process-wide: Pillow's ``MAX_IMAGE_PIXELS`` is left as it
+is (our own limit is checked instead), and HEIF files are read through pillow-heif's plugin
+class directly, without registering it in Pillow.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import stat
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from imgclassify.decode.preprocess import PreprocessConfig
+from imgclassify.errors import ImageError
+from imgclassify.extras import install_hint
+
+if TYPE_CHECKING:
+    import torch
+
+#: Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): the default --max-pixels
+DEFAULT_MAX_PIXELS = 178_956_970
+
+#: Mode conversions work on tiles of at most this many pixels (bounds their temporary images).
+TILE_PIXELS = 1 << 20
+#: Images whose resized long side is at most this many times the resize size take torchvision's
+#: exact Resize -> CenterCrop path; beyond it only the cropped part is resized (see ``preprocess``).
+EXACT_ASPECT = 16
+
+#: One image's peak memory is at most BYTES_PER_PIXEL x max_pixels (+ the tiles and the crop,
+#: under 64 MB): the decoded image (at most 4 bytes per pixel in Pillow) + its RGB copy (4).
+BYTES_PER_PIXEL = 8
+#: Formats whose decoders hold more than one copy (measured, bytes per pixel, with the RGB copy):
+#: libwebp decodes into its own canvas, libheif into YUV planes, OpenJPEG into 32-bit planes,
+#: before Pillow copies the pixels. Their pixel limit is scaled down so that the bound above
+#: holds for them too.
+DECODE_COST = {"WEBP": 16, "HEIF": 12, "AVIF": 12, "JPEG2000": 20}
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: ISO-BMFF major brands of HEIF/HEIC files (pillow-heif's list); AVIF is Pillow's own
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+_HEIF_MISSING = f"HEIC/HEIF image: reading it needs pillow-heif (the heif extra): {install_hint('heif')}"
+
+
+# -- mode conversion -----------------------------------------------------------------------------
+
+
+def _levels(image: Image.Image) -> tuple[float, float] | None:
+    """(low, high) that map a 16-bit, 32-bit or float image onto 0..255; None for 8-bit modes."""
+    if image.mode not in _HIGH_DEPTH_MODES:
+        return None
+    low, high = (float(v) for v in image.getextrema())  # type: ignore[arg-type]
+    if image.mode.startswith("I;16") or (image.mode == "I" and 255 < high <= 65535 and low >= 0):
+        return 0.0, 65535.0
+    if image.mode == "I" and low >= 0 and high <= 255:
+        return 0.0, 255.0
+    if not (math.isfinite(low) and math.isfinite(high)):  # 32-bit and float: stretched low..high
+        raise ImageError("float image with infinite pixels: save it with finite values, or as 8 or 16 bits")
+    return low, high
+
+
+def _tile_to_rgb(tile: Image.Image, levels: tuple[float, float] | None) -> Image.Image:
+    if levels is not None:
+        low, high = levels
+        scale = 255.0 / ((high - low) or 1.0)
+        tile = tile.convert("F").point(lambda v: (v - low) * scale).convert("L")
+    if tile.mode == "P" and "transparency" in tile.info:
+        tile = tile.convert("RGBA")
+    if tile.mode in _ALPHA_MODES:
+        rgba = tile.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return tile if tile.mode == "RGB" else tile.convert("RGB")
+
+
+def _tiles(size: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    """Boxes covering an image of ``size``, each of at most TILE_PIXELS pixels."""
+    width, height = size
+    tile_width = min(width, 4096)
+    rows = max(1, TILE_PIXELS // max(1, tile_width))
+    for top in range(0, height, rows):
+        for left in range(0, width, tile_width):
+            yield left, top, min(width, left + tile_width), min(height, top + rows)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: alpha composited on white, 16-bit and float scaled down.
+
+    Pixel by pixel, so done tile by tile: the peak is the image plus its RGB copy (4 bytes per
+    pixel), whatever temporary modes a conversion needs (float is 4 bytes per pixel, twice).
+    """
+    if image.mode == "RGB":
+        return image
+    levels = _levels(image)
+    if image.width * image.height <= TILE_PIXELS:
+        return _tile_to_rgb(image, levels)
+    rgb = Image.new("RGB", image.size)
+    for box in _tiles(image.size):
+        rgb.paste(_tile_to_rgb(image.crop(box), levels), box[:2])
+    return rgb
+
+
+# -- opening -------------------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image, or a format Pillow cannot read"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large: {exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno) if exc.errno != errno.EIO else "I/O error"
+    text = str(exc).strip()
+    if "truncated" in text:
+        return "truncated image file"
+    return f"cannot decode image: {text or type(exc).__name__}"
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise ImageError("is a directory")
+    if not stat.S_ISREG(mode):
+        raise ImageError("not a regular file (a FIFO, socket or device): pass image files only")
+
+
+def open_file(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open a regular, non-empty file for reading; anything else is an ImageError.
+
+    A FIFO or a device is refused from ``os.stat`` before it is opened (opening a FIFO blocks,
+    opening some devices has effects); the open itself is non-blocking and checked again with
+    ``fstat``, so a file swapped for a FIFO in between cannot block either.
+    """
+    _check_regular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        _check_regular(info.st_mode)
+        if info.st_size == 0:
+            raise ImageError("empty file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_heif(fp: IO[bytes]) -> ImageFile.ImageFile:
+    """pillow-heif's plugin class, used directly: nothing is registered in Pillow."""
+    try:
+        from pillow_heif import HeifImageFile
+    except ImportError:
+        raise ImageError(_HEIF_MISSING) from None
+    fp.seek(0)
+    image: ImageFile.ImageFile = HeifImageFile(fp)  # type: ignore[no-untyped-call]
+    return image
+
+
+def _open_bypassing_pillow_limit(fp: IO[bytes]) -> ImageFile.ImageFile:
+    """What ``Image.open`` does, minus its pixel limit (ours, ``max_pixels``, is checked instead).
+
+    Pillow's limit is the global ``Image.MAX_IMAGE_PIXELS``; lifting it for everyone is not ours
+    to do, so the format's own factory is called through Pillow's registry.
+    """
+    Image.init()
+    fp.seek(0)
+    prefix = fp.read(16)
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        accepted = True if accept is None else accept(prefix)
+        if accepted and not isinstance(accepted, str):
+            fp.seek(0)
+            try:
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _identify(fp: IO[bytes]) -> ImageFile.ImageFile:
+    try:
+        return Image.open(fp)
+    except Image.DecompressionBombError:
+        return _open_bypassing_pillow_limit(fp)
+    except UnidentifiedImageError:
+        fp.seek(0)
+        head = fp.read(12)
+        if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+            return _open_heif(fp)
+        raise
+
+
+_truncated_lock = threading.Lock()
+_truncated_users = 0
+_truncated_saved = False
+
+
+@contextmanager
+def _truncated_images_allowed(allow: bool) -> Iterator[None]:
+    """Pillow reads ``ImageFile.LOAD_TRUNCATED_IMAGES`` (a module global) inside its decoders and
+    has no per-image switch. So it is set only when asked for (``allow_truncated``), counted
+    across threads, and restored when the last such decode ends; the default never touches it.
+    """
+    global _truncated_users, _truncated_saved
+    if not allow:
+        yield
+        return
+    with _truncated_lock:
+        if _truncated_users == 0:
+            _truncated_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+        _truncated_users += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        yield
+    finally:
+        with _truncated_lock:
+            _truncated_users -= 1
+            if _truncated_users == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_saved
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How files are decoded: shared by ``predict`` and ``serve``."""
+
+    #: decode JPEGs of at least twice the needed size at reduced scale (faster, pixels differ slightly)
+    fast: bool = False
+    #: accept truncated files (the missing part is grey) instead of an error
+    allow_truncated: bool = False
+    #: refuse images with more pixels than this, after any reduced-scale decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    ratio = short_side / min(size)
+    return math.ceil(size[0] * ratio), math.ceil(size[1] * ratio)
+
+
+def pixel_limit(image_format: str | None, options: DecodeOptions) -> int:
+    """The most pixels an image of this format may have: ``max_pixels``, scaled down for the
+    formats whose decoders cost more than BYTES_PER_PIXEL (see DECODE_COST)."""
+    cost = DECODE_COST.get(image_format or "", BYTES_PER_PIXEL)
+    return options.max_pixels * BYTES_PER_PIXEL // max(cost, BYTES_PER_PIXEL)
+
+
+def _check_pixels(image: ImageFile.ImageFile, size: tuple[int, int], options: DecodeOptions, when: str = "") -> None:
+    width, height = size
+    limit = pixel_limit(image.format, options)
+    if width * height <= limit:
+        return
+    message = f"image too large: {width}x{height} pixels {when}is more than --max-pixels {options.max_pixels}"
+    if limit < options.max_pixels:
+        cost = DECODE_COST[image.format or ""]
+        message += f" allows for {image.format} ({limit}: its decoder takes {cost} bytes per pixel)"
+    raise ImageError(message)
+
+
+def _decode(image: ImageFile.ImageFile, options: DecodeOptions, short_side: int) -> Image.Image:
+    if image.format == "EPS":  # Pillow renders PostScript by running Ghostscript on it
+        raise ImageError("EPS/PostScript is not decoded (it would run Ghostscript): convert it to PNG first")
+    width, height = image.size
+    big_jpeg = image.format in ("JPEG", "MPO") and min(image.size) >= 2 * short_side
+    if big_jpeg and (options.fast or width * height > options.max_pixels):
+        image.draft(image.mode, _draft_size(image.size, short_side))
+    if image.width * image.height > pixel_limit(image.format, options):
+        _check_pixels(image, (width, height), options)
+    with _truncated_images_allowed(options.allow_truncated):
+        image.load()  # the first frame or page only
+    _check_pixels(image, image.size, options, "once decoded (more than its header said) ")
+    ImageOps.exif_transpose(image, in_place=True)  # in place: never two rotated copies
+    return to_rgb(image)
+
+
+def open_image(
+    source: str | os.PathLike[str] | IO[bytes], options: DecodeOptions | None = None, *, short_side: int = 256
+) -> Image.Image:
+    """Open and fully decode an image as RGB with its EXIF orientation applied.
+
+    JPEGs are decoded at reduced scale (libjpeg's DCT scaling, 1/2 to 1/8, keeping the shorter
+    side at least ``short_side``) when ``options.fast`` asks for it, and always when that is
+    what brings a huge JPEG under ``options.max_pixels``. Every failure is an ImageError.
+    """
+    options = options or DecodeOptions()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files; failures are raised, not warned
+            if isinstance(source, (str, os.PathLike)):
+                with open_file(source) as fp, _identify(fp) as image:
+                    return _decode(image, options, short_side)
+            with _identify(source) as image:
+                return _decode(image, options, short_side)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
+        raise ImageError(_reason(exc)) from None
+    except MemoryError:
+        raise ImageError("not enough memory to decode this image; lower --max-pixels") from None
+    except Exception as exc:
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+# -- preprocessing -------------------------------------------------------------------------------
+
+
+def resized_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """torchvision's Resize(int) output size (width, height): the shorter side becomes ``short_side``."""
+    width, height = size
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def crop_source_box(size: tuple[int, int], config: PreprocessConfig) -> tuple[float, float, float, float]:
+    """The region of an image of ``size`` that Resize -> CenterCrop keeps, in source pixels.
+
+    Pillow centers output pixel x's filter at source x0 + (x + 0.5) * scale, with the same
+    filter width for every pixel, so the center crop of the resized image is the resize of this
+    box to the crop size: ``image.resize((crop, crop), box=crop_source_box(...))``. Same filter,
+    same geometry; Pillow may run its two passes (rows, columns) in the other order for the box,
+    so the 8-bit rounding between them can differ by a few levels.
+    """
+    new_width, new_height = resized_size(size, config.resize_size)
+    crop = config.crop_size
+    left = round((new_width - crop) / 2.0)
+    top = round((new_height - crop) / 2.0)
+    scale_x, scale_y = size[0] / new_width, size[1] / new_height
+    return (
+        left * scale_x,
+        top * scale_y,
+        min(float(size[0]), (left + crop) * scale_x),
+        min(float(size[1]), (top + crop) * scale_y),
+    )
+
+
+def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
+    """Resize the shorter side, center-crop, return a uint8 CHW tensor (normalized later, per batch).
+
+    Same arithmetic as torchvision's Resize -> CenterCrop -> ToTensor on a PIL image; the
+    float conversion and mean/std normalization happen once per batch on the device. Done with
+    Pillow alone (identical pixels; a test compares): importing torchvision costs about 1 s.
+    Images more elongated than EXACT_ASPECT (resized long side over 16 x the resize size) resize
+    only the box the crop keeps (``crop_source_box``): the full resize of a 1 x 100,000 image
+    would be 25,600,000 x 256 pixels.
+    """
+    import numpy as np
+    import torch
+
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = config.resize_size, int(config.resize_size * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    crop = config.crop_size
+    resample = _RESAMPLE[config.interpolation.value]
+    if max(size) > EXACT_ASPECT * config.resize_size and crop <= config.resize_size:
+        image = image.resize((crop, crop), resample, box=crop_source_box(image.size, config))
+    elif min(size) >= crop:
+        if size != image.size:
+            image = image.resize(size, resample)
+        top, left = round((size[1] - crop) / 2.0), round((size[0] - crop) / 2.0)
+        image = image.crop((left, top, left + crop, top + crop))
+    else:  # torchvision pads a crop larger than the image: keep its code for that
+        from torchvision.transforms import functional as F
+
+        image = F.resize(image, config.resize_size, interpolation=F.InterpolationMode(config.interpolation.value))
+        image = F.center_crop(image, [crop, crop])
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def load_tensor(
+    source: str | os.PathLike[str] | IO[bytes], config: PreprocessConfig, options: DecodeOptions | None = None
+) -> torch.Tensor:
+    """``open_image`` then ``preprocess``: a uint8 (3, crop, crop) tensor, or an ImageError."""
+    image = open_image(source, options, short_side=config.resize_size)
+    try:
+        return preprocess(image, config)
+    except Exception as exc:
+        raise ImageError(f"cannot preprocess image: {type(exc).__name__}: {exc}"[:300]) from None

@@ -1,0 +1,1 @@
+"""A ``predict`` run: the runner, its inputs, shards, sorting into folders, and the engines."""

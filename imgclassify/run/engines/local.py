@@ -1,0 +1,60 @@
+"""The local engine: the classifier in this process, decode worker processes beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imgclassify.models.plan import LabelSet, ModelPlan
+    from imgclassify.pipeline import Classifier
+    from imgclassify.results.records import Prediction
+
+
+class LocalEngine:
+    def __init__(self, plan: ModelPlan, *, tune_process: bool = False) -> None:
+        self.plan = plan
+        self.tune_process = tune_process
+        self.classifier: Classifier | None = None
+        self.decode_workers: int | None = None
+
+    def start(self) -> None:
+        if self.tune_process:
+            from imgclassify.system.runtime import configure_threads
+
+            configure_threads()
+        from imgclassify.pipeline import build_classifier
+
+        self.classifier = build_classifier(self.plan)
+
+    @property
+    def _loaded(self) -> Classifier:
+        if self.classifier is None:
+            raise RuntimeError("LocalEngine.start() was not called")
+        return self.classifier
+
+    @property
+    def device(self) -> str:
+        return str(self._loaded.device)
+
+    @property
+    def label_set(self) -> LabelSet:
+        return self._loaded.label_set
+
+    def batches(
+        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
+    ) -> Iterator[list[Prediction]]:
+        from imgclassify.decode.loading import default_workers, resolve_batch_size
+
+        classifier = self._loaded
+        batch_size = resolve_batch_size(batch_size, classifier.device)
+        if workers is None:
+            workers = default_workers(len(paths), batch_size, classifier.device.type, classifier.backend_kind)
+        self.decode_workers = workers
+        return classifier.predict_batches(paths, batch_size=batch_size, top_k=top_k, workers=workers)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "local", "decode_workers": self.decode_workers, "backend": self._loaded.backend.name}
+
+    def close(self) -> None:
+        self.classifier = None

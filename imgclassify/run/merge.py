@@ -1,0 +1,362 @@
+"""``imgclassify merge``: join the outputs of ``predict --shard 1/N`` ... ``N/N`` into one.
+
+Each shard's manifest (``SHARD.manifest.json``) is checked first: every shard of one split
+(the same N, shards 1..N each exactly once), every one complete, all from one run (the same
+model, weights and labels sha256, preprocessing, precision, backend and top-k, as ``--resume``
+compares them, and the same inputs and count of inputs found before sharding), and each file
+holding as many records as its manifest counts. Then the records are written to one output in
+a deterministic order: by path, each path component compared in natural order (``img2`` before
+``img10``, case-insensitive, ties by the exact path), which is the order a single run gives
+for one directory input. When every shard is already in that order (the usual case) the shards
+are merged as streams, one record per shard in memory; otherwise they are sorted in memory.
+A path found in two shards is refused. The output is written to ``OUTPUT.part`` and renamed
+when complete, then the merged manifest is written beside it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclassify.errors import UsageError
+from imgclassify.results.formats import SUFFIX_FORMATS, OutputFormat, make_writer
+from imgclassify.results.manifest import (
+    MANIFEST_FORMAT,
+    command_line,
+    manifest_path_for,
+    read_manifest,
+    resume_differences,
+    utc_now,
+    write_json_atomic,
+)
+from imgclassify.results.records import Candidate, Prediction
+from imgclassify.results.report import ResultsFormat, detect_format, read_records
+from imgclassify.run.inputs import natural_key
+from imgclassify.run.shards import Shard
+
+_WRITE_BATCH = 256
+_SEPARATORS = re.compile(r"[/\\]" if os.sep == "\\" else "/")
+#: the model and options copied from the shards into the merged manifest
+_PROVENANCE = ("model", "weights", "labels", "preprocessing", "precision", "backend", "versions")
+_NOT_COMPLETE = {
+    "running": "still running, or its process was killed (status running)",
+    "interrupted": "interrupted (status interrupted)",
+    "stopped": "stopped by --max-failures (status stopped)",
+    "failed": "failed (status failed)",
+}
+
+
+class MergeError(UsageError):
+    """The shards cannot be merged: one missing, duplicated, incomplete or from another run."""
+
+
+def merge_key(path: str) -> tuple[tuple[tuple[tuple[int, int | str], ...], ...], str]:
+    """The merged order: path components in natural order, ties broken by the exact path."""
+    return tuple(natural_key(part) for part in _SEPARATORS.split(path)), path
+
+
+@dataclass
+class ShardOutput:
+    """One shard's output file and its manifest."""
+
+    path: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+    shard: Shard
+    fmt: ResultsFormat
+    records: int = 0
+    in_order: bool = True
+
+    def run(self, key: str) -> Any:
+        run = self.manifest.get("run")
+        return run.get(key) if isinstance(run, dict) else None
+
+    def count(self, key: str) -> Any:
+        counts = self.manifest.get("counts")
+        return counts.get(key) if isinstance(counts, dict) else None
+
+    def name(self) -> str:
+        return f"{self.path} (shard {self.shard})"
+
+
+@dataclass
+class MergeSummary:
+    output: Path
+    manifest: Path
+    shards: int
+    records: int = 0
+    classified: int = 0
+    failed: int = 0
+    sorted_in_memory: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"merged {self.shards} shards into {self.output}: {self.records} records ({self.classified} classified, "
+            f"{self.failed} failed), manifest {self.manifest}"
+        )
+
+
+def output_format_for(output: Path) -> OutputFormat:
+    fmt = SUFFIX_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"merge: cannot tell the format of {output}; name it .jsonl, .json or .csv")
+    return fmt
+
+
+def load_shard(path: Path) -> ShardOutput:
+    """A shard's output and manifest, or a MergeError naming what is wrong."""
+    if not path.is_file():
+        raise MergeError(
+            f"shard output {path} not found; pass the files written by `imgclassify predict --shard K/N -o FILE`"
+        )
+    manifest_path = manifest_path_for(path)
+    manifest = read_manifest(manifest_path)
+    if manifest is None:
+        raise MergeError(
+            f"{path} has no manifest ({manifest_path.name} beside it): merge checks each shard's manifest, "
+            "so keep it next to the output the shard's run wrote"
+        )
+    run = manifest.get("run")
+    shard = Shard.from_manifest(run.get("shard") if isinstance(run, dict) else None)
+    if shard is None:
+        raise MergeError(
+            f"{path} was not written by a run with --shard (its manifest has no run.shard): nothing to merge"
+        )
+    return ShardOutput(path, manifest_path, manifest, shard, detect_format(path))
+
+
+def differences(reference: ShardOutput, other: ShardOutput) -> list[str]:
+    """How ``other``'s run differs from ``reference``'s, beyond being another shard."""
+    ref_run = reference.manifest.get("run") or {}
+    other_manifest = {**other.manifest, "run": {**(other.manifest.get("run") or {}), "shard": ref_run.get("shard")}}
+    found = resume_differences(reference.manifest, other_manifest)
+    for label, before, after in (
+        ("inputs", reference.run("inputs"), other.run("inputs")),
+        ("found before sharding", reference.count("found_before_sharding"), other.count("found_before_sharding")),
+    ):
+        if before != after:
+            found.append(f"{label}: {before} -> {after}")
+    return found
+
+
+def check_shards(shards: Sequence[ShardOutput]) -> list[ShardOutput]:
+    """The shards ordered 1..N after every check that needs only the manifests."""
+    count = shards[0].shard.count
+    for other in shards[1:]:
+        if other.shard.count != count:
+            raise MergeError(
+                f"{shards[0].name()} and {other.name()} are from different splits (N = {count} and "
+                f"{other.shard.count}); merge the N shards of one split"
+            )
+    by_index: dict[int, ShardOutput] = {}
+    for item in shards:
+        if item.shard.index in by_index:
+            first = by_index[item.shard.index]
+            raise MergeError(f"shard {item.shard} given twice: {first.path} and {item.path}; pass each shard once")
+        by_index[item.shard.index] = item
+    ordered = [by_index[i] for i in sorted(by_index)]
+    reference = ordered[0]
+    for other in ordered[1:]:
+        found = differences(reference, other)
+        if found:
+            raise MergeError(
+                f"{other.name()} is from another run than {reference.name()} ({'; '.join(found)}); "
+                "merge only shards of one run: the same model, weights, labels, options and inputs"
+            )
+    missing = [i for i in range(1, count + 1) if i not in by_index]
+    if missing:
+        names = ", ".join(f"{i}/{count}" for i in missing)
+        given = ", ".join(str(i) for i in sorted(by_index))
+        raise MergeError(
+            f"shard {names} missing (given: {given} of {count}); pass the output of every `--shard K/{count}` run"
+        )
+    for item in ordered:
+        status = item.manifest.get("status")
+        if status != "complete":
+            why = _NOT_COMPLETE.get(str(status), f"not complete (status {status})")
+            raise MergeError(
+                f"{item.name()} is {why}; finish it with its command plus --resume "
+                f"(see {item.manifest_path}), then merge"
+            )
+    return ordered
+
+
+def _scan(item: ShardOutput) -> None:
+    """Count the shard's records and see whether they are in merged order (one pass, one record in memory)."""
+    previous = None
+    for record in read_records(item.path, item.fmt):
+        key = merge_key(record["path"])
+        if previous is not None and key < previous:
+            item.in_order = False
+        previous = key
+        item.records += 1
+    expected = item.count("inputs")
+    if item.records != expected:
+        raise MergeError(
+            f"{item.name()} holds {item.records} records but its manifest counts {expected} inputs: the file "
+            "changed after its run, or is not that run's output"
+        )
+
+
+def _keyed(item: ShardOutput) -> Iterator[tuple[tuple[Any, str], ShardOutput, dict[str, Any]]]:
+    for record in read_records(item.path, item.fmt):
+        yield merge_key(record["path"]), item, record
+
+
+def to_prediction(record: dict[str, Any]) -> Prediction:
+    """A record read back from an output file, as the writers take it."""
+    top = record.get("top_k")
+    if isinstance(top, list) and top:
+        candidates = tuple(
+            Candidate(int(c["class_id"]), c.get("wnid"), str(c.get("class_name") or ""), float(c["probability"]))
+            for c in top
+        )
+    elif record.get("class_id") is not None:
+        candidates = (
+            Candidate(
+                int(record["class_id"]),
+                record.get("wnid"),
+                str(record.get("class_name") or ""),
+                float(record["probability"]),
+            ),
+        )
+    else:
+        candidates = ()
+    return Prediction(path=record["path"], top=candidates, error=record.get("error"))
+
+
+def _ordered_records(
+    ordered: Sequence[ShardOutput], summary: MergeSummary
+) -> Iterable[tuple[tuple[Any, str], ShardOutput, dict[str, Any]]]:
+    streams = [_keyed(item) for item in ordered]
+    if all(item.in_order for item in ordered):
+        return heapq.merge(*streams, key=lambda entry: entry[0])
+    summary.sorted_in_memory = True
+    out_of_order = ", ".join(str(item.path) for item in ordered if not item.in_order)
+    summary.warnings.append(
+        f"{out_of_order} not in path order (inputs given in another order, or from stdin): sorted in memory"
+    )
+    everything = [entry for stream in streams for entry in stream]
+    everything.sort(key=lambda entry: entry[0])
+    return everything
+
+
+def merge_shards(output: Path, shard_paths: Sequence[Path], *, command: list[str] | None = None) -> MergeSummary:
+    """Check the shards' manifests, write their records to ``output`` in merged order, and its manifest."""
+    from imgclassify.run.runner import check_writable
+
+    fmt = output_format_for(output)
+    check_writable(output, "merge: OUTPUT")
+    if not shard_paths:
+        raise UsageError("merge: give the shard outputs after OUTPUT (imgclassify merge all.jsonl out.*.jsonl)")
+    target = output.resolve()
+    for path in shard_paths:
+        if path.resolve() == target:
+            raise UsageError(f"merge: OUTPUT {output} is also one of the shards; write the merged output to a new file")
+    ordered = check_shards([load_shard(path) for path in shard_paths])
+    for item in ordered:
+        _scan(item)
+    total = ordered[0].count("found_before_sharding")
+    records = sum(item.records for item in ordered)
+    if isinstance(total, int) and records != total:
+        raise MergeError(
+            f"the {len(ordered)} shards hold {records} records, but each run found {total} inputs before sharding: "
+            "the shards did not split the same list of paths (were they given the inputs spelled the same way?)"
+        )
+
+    manifest_path = manifest_path_for(output)
+    summary = MergeSummary(output=output, manifest=manifest_path, shards=len(ordered))
+    reference = ordered[0]
+    top_k = int(reference.run("top_k") or 1)
+    part = output.with_name(output.name + ".part")
+    try:
+        with open(part, "w", encoding="utf-8", newline="") as stream:
+            writer = make_writer(fmt, stream, top_k=top_k, model_name=str(reference.manifest["model"]["name"]))
+            previous: tuple[str, ShardOutput] | None = None
+            batch: list[Prediction] = []
+            for _key, item, record in _ordered_records(ordered, summary):
+                path = record["path"]
+                if previous is not None and previous[0] == path:
+                    raise MergeError(
+                        f"{path!r} is in {previous[1].name()} and in {item.name()}: each input belongs to one shard; "
+                        "were the shards run on different lists of inputs?"
+                    )
+                previous = (path, item)
+                prediction = to_prediction(record)
+                batch.append(prediction)
+                summary.records += 1
+                if prediction.error is None:
+                    summary.classified += 1
+                else:
+                    summary.failed += 1
+                if len(batch) == _WRITE_BATCH:
+                    writer.write(batch)
+                    batch = []
+            writer.write(batch)
+            writer.close()
+        os.replace(part, output)
+    finally:
+        if part.exists():
+            part.unlink()
+    write_json_atomic(manifest_path, merged_manifest(ordered, output, fmt, summary, command or command_line()))
+    return summary
+
+
+def merged_manifest(
+    ordered: Sequence[ShardOutput], output: Path, fmt: OutputFormat, summary: MergeSummary, command: list[str]
+) -> dict[str, Any]:
+    """The merged output's manifest: the shards' common provenance, the shards themselves, summed counts."""
+    from imgclassify import __version__
+
+    reference = ordered[0].manifest
+    devices = sorted({str(item.manifest.get("device")) for item in ordered})
+    started = sorted(str(item.manifest.get("started_at")) for item in ordered)
+    data: dict[str, Any] = {
+        "imgclassify_manifest": MANIFEST_FORMAT,
+        "imgclassify": __version__,
+        "status": "complete",
+        "command": command,
+        "started_at": started[0],
+        "finished_at": utc_now(),
+        "engine": {
+            "name": "merged",
+            "shards": [
+                {
+                    "shard": item.shard.describe(),
+                    "output": str(item.path),
+                    "manifest": str(item.manifest_path),
+                    "started_at": item.manifest.get("started_at"),
+                    "finished_at": item.manifest.get("finished_at"),
+                    "engine": item.manifest.get("engine"),
+                    "host": item.manifest.get("host"),
+                }
+                for item in ordered
+            ],
+        },
+        "run": {
+            "merged_from": len(ordered),
+            "top_k": ordered[0].run("top_k"),
+            "format": fmt.value,
+            "output": str(output),
+            "inputs": ordered[0].run("inputs"),
+            "shard": None,
+        },
+    }
+    for key in _PROVENANCE:
+        data[key] = reference.get(key)
+    data["device"] = ", ".join(devices)
+    data["counts"] = {
+        "inputs": summary.records,
+        "classified": summary.classified,
+        "failed": summary.failed,
+        # every shard lists the same folders, so each counts the same non-image files
+        "skipped_non_images": ordered[0].count("skipped_non_images"),
+        "already_done": sum(int(item.count("already_done") or 0) for item in ordered),
+    }
+    return data

@@ -1,0 +1,528 @@
+"""A whole ``predict`` run: validate, expand inputs, plan and load the model, stream batches to a
+writer, keep the run manifest, summarize.
+
+The CLI builds a :class:`PredictOptions` and calls :func:`run_predict`; nothing here knows
+about Typer. Every option is checked before the model loads. Diagnostics go to the
+``imgclassify`` logger and the ``stderr`` stream given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from imgclassify.errors import NoImagesError, UsageError
+from imgclassify.models.plan import ModelPlan, plan_model
+from imgclassify.options import ModelOptions
+from imgclassify.results.formats import SUFFIX_FORMATS, OutputFormat, make_writer
+from imgclassify.results.manifest import (
+    RunManifest,
+    command_line,
+    describe_model,
+    manifest_path_for,
+    read_manifest,
+    resume_differences,
+)
+from imgclassify.results.records import Prediction
+from imgclassify.results.render import check_threshold, check_top_k, judge
+from imgclassify.results.resume import recorded_paths, resume_key
+from imgclassify.run.engines import Engine, EngineKind, create_engine
+from imgclassify.run.inputs import ExpandedInputs, expand_inputs
+from imgclassify.run.shards import Shard
+from imgclassify.run.sorting import Sorter, SortOptions, validate_sort
+from imgclassify.system.devices import Backend
+
+log = logging.getLogger("imgclassify")
+
+RESUMABLE = (OutputFormat.JSONL, OutputFormat.CSV)
+
+
+@dataclass
+class PredictOptions:
+    inputs: list[str]
+    model: ModelOptions = field(default_factory=ModelOptions)
+    #: images per forward pass; None: the default for the device the model runs on, resolved once
+    #: the engine started (:func:`~imgclassify.decode.loading.default_batch_size`), as the manifest records it
+    batch_size: int | None = None
+    top_k: int = 1
+    workers: int | None = None
+    output_format: OutputFormat | None = None
+    output: Path | None = None
+    #: where to write the run manifest (default: beside --output as FILE.manifest.json; none for stdout)
+    manifest: Path | None = None
+    quiet: bool = False
+    progress: bool | None = None  # None: when stderr is a terminal
+    #: stop once more files than this failed: a count ("10") or a share of the inputs ("5%")
+    max_failures: str | None = None
+    #: skip inputs already recorded in ``output`` and append the rest (jsonl/csv)
+    resume: bool = False
+    #: the command line recorded in the manifest (default: this process's)
+    command: list[str] | None = None
+    #: tune threads for this process before loading the model (the CLI's entry point asks for it)
+    tune_process: bool = False
+    #: where the batches run (``--engine``) and that engine's own settings
+    engine: EngineKind = EngineKind.LOCAL
+    engine_settings: dict[str, Any] = field(default_factory=dict)
+    #: ``--shard K/N``: keep only this share of the inputs (see :mod:`imgclassify.run.shards`)
+    shard: Shard | None = None
+    #: a record whose top-1 probability is below this says ``confident: false`` (``--threshold``)
+    threshold: float | None = None
+    #: ``--sort-into DIR`` with its mode and ``--dry-run`` (see :mod:`imgclassify.run.sorting`)
+    sort: SortOptions | None = None
+
+
+@dataclass
+class RunSummary:
+    classified: int = 0
+    failed: int = 0
+    skipped_non_images: int = 0
+    elapsed: float = 0.0
+    model: str = ""
+    already_done: int = 0
+    inputs: int = 0
+    #: the signal that stopped the run early (SIGINT, SIGTERM), if any
+    signal: int | None = None
+    stopped_for_failures: bool = False
+    manifest: Path | None = None
+    #: with ``--shard``: the inputs found before keeping this shard's share
+    found_before_sharding: int | None = None
+    #: ``--sort-into``: what the sorter did (None without it)
+    sort: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.signal is not None:
+            return 128 + self.signal
+        return 1 if self.failed or self.stopped_for_failures else 0
+
+    @property
+    def status(self) -> str:
+        if self.signal is not None:
+            return "interrupted"
+        return "stopped" if self.stopped_for_failures else "complete"
+
+    def counts(self) -> dict[str, int]:
+        counts = {
+            "inputs": self.inputs,
+            "classified": self.classified,
+            "failed": self.failed,
+            "skipped_non_images": self.skipped_non_images,
+            "already_done": self.already_done,
+        }
+        if self.found_before_sharding is not None:
+            counts["found_before_sharding"] = self.found_before_sharding
+        return counts
+
+    def line(self) -> str:
+        total = self.classified + self.failed
+        rate = total / self.elapsed if self.elapsed > 0 else 0.0
+        skipped = f", {counted(self.skipped_non_images, 'non-image file')} skipped" if self.skipped_non_images else ""
+        resumed = f", {self.already_done} already in the output" if self.already_done else ""
+        stopped = ""
+        if self.signal is not None:
+            stopped = f"; interrupted by {signal.Signals(self.signal).name}"
+        elif self.stopped_for_failures:
+            stopped = "; stopped early: too many failures (--max-failures)"
+        shard = ""
+        if self.found_before_sharding is not None:
+            shard = f" (this shard's {self.inputs} of {self.found_before_sharding} inputs)"
+        return (
+            f"{self.classified} classified, {self.failed} failed{skipped}{resumed}{shard} in {self.elapsed:.1f}s "
+            f"({rate:.1f} images/s, {self.model}){stopped}{_sort_line(self.sort)}"
+        )
+
+
+def _sort_line(sort: dict[str, Any] | None) -> str:
+    if sort is None:
+        return ""
+    counts = sort["counts"]
+    verb = "would sort" if sort["dry_run"] else "sorted"
+    return (
+        f"; {verb} {counts['sorted']} into {sort['into']} ({sort['mode']}), {counts['already_sorted']} already "
+        f"sorted, {counts['failed']} could not be sorted"
+    )
+
+
+class _Terminated(BaseException):  # like KeyboardInterrupt: not caught by per-file error handling
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def failure_limit(spec: str | None, total: int) -> int | None:
+    """``--max-failures``: "N" or "N%" of ``total`` -> the most failures allowed (None: no limit)."""
+    if spec is None:
+        return None
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return int(total * share / 100)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise UsageError(f"--max-failures takes a count or a percentage (10, 5%), got {spec!r}") from None
+
+
+def choose_format(explicit: OutputFormat | None, output: Path | None, stdout: TextIO) -> OutputFormat:
+    """Explicit format; else from the output file's suffix; else table on a terminal, JSONL otherwise."""
+    if explicit is not None:
+        return explicit
+    if output is not None:
+        fmt = SUFFIX_FORMATS.get(output.suffix.lower())
+        if fmt is None:
+            suffixes = ", ".join(SUFFIX_FORMATS)
+            formats = ", ".join(f.value for f in OutputFormat)
+            what = f"its suffix {output.suffix!r}" if output.suffix else "a name without a suffix"
+            raise UsageError(
+                f"--output {output}: {what} names no format; give --format ({formats}) "
+                f"or a file name ending in one of {suffixes}"
+            )
+        return fmt
+    return OutputFormat.TABLE if stdout.isatty() else OutputFormat.JSONL
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 non-image file``, ``2 non-image files``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def nothing_found(found: ExpandedInputs, inputs: list[str]) -> str:
+    """Why the inputs gave no image: paths that do not exist, globs that match nothing, empty folders."""
+    reasons = []
+    if found.missing:
+        names = ", ".join(found.missing[:3]) + (f" and {len(found.missing) - 3} more" if len(found.missing) > 3 else "")
+        reasons.append(f"{names} {'does' if len(found.missing) == 1 else 'do'} not exist")
+    if found.empty_globs:
+        reasons.append(f"no file matches {', '.join(found.empty_globs[:3])}")
+    if not reasons:
+        skipped = (
+            f" ({counted(found.skipped_non_images, 'non-image file')} skipped)" if found.skipped_non_images else ""
+        )
+        reasons.append(f"no image found in {', '.join(inputs[:3])}{skipped}")
+    return "; ".join(reasons) + ": give image files, directories or quoted globs"
+
+
+def check_writable(path: Path, option: str) -> None:
+    """``path`` can be created or overwritten: its folder exists and it is not a folder itself."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory: give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: permission denied; choose a writable location")
+
+
+def validate(options: PredictOptions, fmt: OutputFormat) -> None:
+    """Every check that needs neither the inputs nor the model: costs no model load."""
+    from imgclassify.decode.loading import check_batch_size
+
+    check_batch_size(options.batch_size)
+    if options.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
+    if options.workers is not None and options.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {options.workers}")
+    failure_limit(options.max_failures, 0)
+    check_threshold(options.threshold)
+    if options.resume:
+        if options.output is None:
+            raise UsageError("--resume needs --output FILE (the file to continue)")
+        if fmt not in RESUMABLE:
+            raise UsageError("--resume works with --format jsonl or csv (a JSON array cannot be appended to)")
+    if options.output is not None:
+        check_writable(options.output, "--output")
+    if options.manifest is not None:
+        check_writable(options.manifest, "--manifest")
+    if options.sort is not None:
+        validate_sort(options.sort)
+
+
+@contextlib.contextmanager
+def _open_output(output: Path | None, stdout: TextIO, *, append: bool = False) -> Iterator[TextIO]:
+    if output is None:
+        yield stdout
+        return
+    try:
+        stream = open(output, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
+
+
+def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path, manifest: Path) -> None:
+    if old is None:
+        if output.exists() and output.stat().st_size > 0:
+            log.warning(
+                "%s has no manifest (%s): it was written by an older imgclassify, so it cannot be "
+                "checked that the same model and options wrote it; continuing",
+                output, manifest.name,
+            )  # fmt: skip
+        return
+    differences = resume_differences(old, new)
+    if differences:
+        raise UsageError(
+            f"--resume: {output} was written by a different run ({'; '.join(differences)}). "
+            f"Either run again with that run's options (see {manifest}), or write to a new --output"
+        )
+
+
+def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "batch_size": options.batch_size,  # None until the engine's device resolves it (_Run.execute)
+        "top_k": options.top_k,
+        "workers": options.workers,
+        "format": fmt.value,
+        "output": str(options.output) if options.output else None,
+        "resume": options.resume,
+        "max_failures": options.max_failures,
+        "shard": options.shard.describe() if options.shard else None,
+        "threshold": options.threshold,
+    }
+    if options.shard is not None:  # what `imgclassify merge` checks: every shard hashed the same paths
+        section["inputs"] = list(options.inputs)
+    return section
+
+
+def run_predict(
+    options: PredictOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> RunSummary:
+    """Run a classification job as the CLI does. Returns the summary; raises ImgclassifyError on usage errors."""
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    start = time.perf_counter()
+    fmt = choose_format(options.output_format, options.output, stdout)
+    validate(options, fmt)
+
+    found = expand_inputs(options.inputs, stdin=stdin)
+    if not found.found_any:
+        raise NoImagesError(nothing_found(found, list(options.inputs)))
+    for pattern in found.empty_globs:
+        log.warning("no file matches %s", pattern)
+
+    paths = options.shard.select(found.paths) if options.shard is not None else found.paths
+
+    show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
+    if options.model.device not in ("auto", "cpu"):  # a missing GPU fails before weights are looked for
+        from imgclassify.system.devices import resolve_device
+
+        resolve_device(options.model.device)
+    plan = plan_model(options.model, progress=show_progress)
+    run = _Run(options, fmt, plan, paths, found.skipped_non_images, start, show_progress)
+    if options.shard is not None:
+        run.found_before_sharding = len(found.paths)
+    if options.resume:
+        run.check_resume(describe_model(plan, plan.expected_label_set()))  # before paying for the model
+    engine = create_engine(options.engine, plan, tune_process=options.tune_process, **options.engine_settings)
+    engine.start()
+    try:
+        return run.execute(engine, stdout, stderr)
+    finally:
+        engine.close()
+
+
+class _Run:
+    """One run's state between planning and the summary."""
+
+    def __init__(
+        self,
+        options: PredictOptions,
+        fmt: OutputFormat,
+        plan: ModelPlan,
+        paths: list[str],
+        skipped: int,
+        start: float,
+        show_progress: bool,
+    ) -> None:
+        self.options, self.fmt, self.plan, self.paths = options, fmt, plan, paths
+        self.skipped, self.start, self.show_progress = skipped, start, show_progress
+        self.limit = failure_limit(options.max_failures, len(paths))
+        self.run_section = _run_section(options, fmt)
+        output = options.output
+        self.manifest_path = options.manifest or (manifest_path_for(output) if output else None)
+        self.old_manifest: dict[str, Any] | None = None
+        self.found_before_sharding: int | None = None
+        if options.resume:
+            assert self.manifest_path is not None
+            self.old_manifest = read_manifest(self.manifest_path)
+
+    def check_resume(self, model_section: dict[str, Any]) -> None:
+        assert self.options.output is not None and self.manifest_path is not None
+        _check_resume(
+            self.old_manifest, {**model_section, "run": self.run_section}, self.options.output, self.manifest_path
+        )
+
+    def execute(self, engine: Engine, stdout: TextIO, stderr: TextIO) -> RunSummary:
+        from imgclassify.decode.loading import resolve_batch_size
+
+        options, fmt = self.options, self.fmt
+        check_top_k(options.top_k, len(engine.label_set.labels))
+        batch_size = resolve_batch_size(options.batch_size, engine.device)  # the device is known now
+        self.run_section["batch_size"] = batch_size
+        resuming = options.resume and self.old_manifest is not None
+        # provenance (the sha256 of the weights file) only when a manifest or --resume needs it
+        needs_model_section = self.manifest_path is not None or resuming
+        model_section = describe_model(self.plan, engine.label_set, device=engine.device) if needs_model_section else {}
+        if resuming:
+            self.check_resume(model_section)  # now with the labels of the loaded model too
+        summary = RunSummary(
+            skipped_non_images=self.skipped, model=self.plan.spec.name, inputs=len(self.paths),
+            manifest=self.manifest_path, found_before_sharding=self.found_before_sharding,
+        )  # fmt: skip
+        paths, header = self.paths, True
+        if options.resume:
+            assert options.output is not None
+            done, has_header = recorded_paths(options.output, fmt)
+            paths = [p for p in self.paths if resume_key(p, fmt) not in done]
+            summary.already_done = len(self.paths) - len(paths)
+            header = not has_header
+
+        manifest = None
+        if self.manifest_path is not None:
+            command = options.command or command_line()
+            manifest = RunManifest.new(
+                self.manifest_path, command=command, engine=engine.describe(), run=self.run_section
+            )
+            if self.old_manifest is not None:
+                manifest.data["resumed"] = {
+                    "previous_started_at": self.old_manifest.get("started_at"),
+                    "already_done": summary.already_done,
+                }
+            manifest.start(model_section, openvino=self.plan.options.backend is Backend.OPENVINO)
+        status = "failed"
+        sorter = records_out = None
+        if options.sort is not None:
+            sorter = Sorter(options.sort, plan_stream=stdout)  # a dry run's plan is data: stdout
+            if options.sort.dry_run and options.output is None:
+                records_out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  stdout holds the plan
+        try:
+            batches = engine.batches(paths, batch_size=batch_size, top_k=options.top_k, workers=options.workers)
+            _write_batches(
+                batches, len(paths), options, fmt, header, self.limit, summary, records_out or stdout, stderr,
+                self.show_progress, sorter,
+            )  # fmt: skip
+            status = summary.status
+        finally:
+            summary.elapsed = time.perf_counter() - self.start
+            if sorter is not None:
+                sorter.close()
+                summary.sort = sorter.describe()
+                for path, reason in sorter.counts.failures:
+                    log.warning("%s: not sorted: %s (left where it is)", path, reason)
+                if manifest is not None:
+                    manifest.data["sort"] = summary.sort
+            if records_out is not None:
+                records_out.close()
+            if manifest is not None:
+                manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3), engine=engine.describe())
+        return summary
+
+
+def _write_batches(
+    batches: Iterator[list[Prediction]],
+    total: int,
+    options: PredictOptions,
+    fmt: OutputFormat,
+    header: bool,
+    limit: int | None,
+    summary: RunSummary,
+    stdout: TextIO,
+    stderr: TextIO,
+    show_progress: bool,
+    sorter: Sorter | None = None,
+) -> None:
+    """Write the engine's batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise _Terminated(signum)
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with (
+            _open_output(options.output, stdout, append=options.resume) as stream,
+            tqdm(total=total, unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
+            # a warning logged while the bar shows (an engine's, say) is written above it, not glued to it
+            logging_redirect_tqdm([log]) if show_progress else contextlib.nullcontext(),
+        ):
+            writer = make_writer(fmt, stream, top_k=options.top_k, model_name=summary.model, header=header)
+            try:
+                for batch in batches:
+                    if options.threshold is not None:  # the engines render without one; judged here, once
+                        batch = [judge(record, options.threshold) for record in batch]
+                    with _bar_cleared(bar):  # what is written now starts on a line of its own
+                        if sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
+                            sorter.sort(batch)
+                        writer.write(batch)
+                        for record in batch:
+                            if record.error is None:
+                                summary.classified += 1
+                            else:
+                                summary.failed += 1
+                                log.warning("%s: %s", record.path, record.error)
+                        bar.update(len(batch))
+                    if limit is not None and summary.failed > limit:
+                        summary.stopped_for_failures = True
+                        log.error(
+                            "%d files failed, more than --max-failures %s: stopping",
+                            summary.failed,
+                            options.max_failures,
+                        )
+                        break
+            except KeyboardInterrupt:
+                summary.signal = signal.SIGINT
+            except _Terminated as exc:
+                summary.signal = exc.signum
+            finally:
+                writer.close()
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()  # a generator: stop the engine's producers now
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _bar_cleared(bar: Any) -> Iterator[None]:
+    """The progress bar wiped off its line while records (stdout) and warnings (stderr) are written,
+    then drawn again below them.
+
+    On a terminal both streams share the screen: text written while the bar shows starts on the
+    bar's line (``61.01img/s]samples/dog.jpg ...``), and the bar drawn before the first record
+    (``0%``) would stay above them. Whatever the format.
+    """
+    if bar.disable:
+        yield
+        return
+    drawn_at = bar.last_print_t
+    bar.clear()
+    try:
+        yield
+    finally:
+        if bar.last_print_t == drawn_at:  # not drawn since (an update inside draws at most every 0.1 s)
+            bar.refresh()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
