@@ -208,3 +208,18 @@ def test_quick_exit_waits_for_threads_and_children(monkeypatch: pytest.MonkeyPat
         hold.set()
     children.append(object())
     assert _still_running()  # a child process is
+
+
+def test_replaced_atomically_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    from imgclassify.system.fs import replaced_atomically
+
+    target = tmp_path / "out" / "results.jsonl"
+    with replaced_atomically(target, fsync=True) as tmp:
+        tmp.write_text("first\n")
+        assert not target.exists()  # nothing shows before the block ends
+    assert target.read_text() == "first\n"
+    with pytest.raises(RuntimeError), replaced_atomically(target, temp_suffix=".part") as tmp:
+        assert tmp.name == "results.jsonl.part"
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "first\n" and sorted(p.name for p in target.parent.iterdir()) == ["results.jsonl"]

@@ -30,6 +30,7 @@ from typing import Any
 from imgclassify.decode.imaging import DecodeOptions, open_image
 from imgclassify.errors import ImageError, UsageError
 from imgclassify.results.formats import SUFFIX_FORMATS, OutputFormat, csv_text
+from imgclassify.system.fs import replaced_atomically
 
 
 class ResultsNotFoundError(UsageError):
@@ -445,38 +446,32 @@ def write_report(
     summary.classes = [(cid, name, n) for (cid, name), n in counts.most_common()]
     if workers is None:
         workers = default_workers() if len(shown) >= 4 * _CHUNK else 0
-    tmp = output.with_name(output.name + ".part")
-    try:
-        with open(tmp, "w", encoding="utf-8") as stream:
-            stream.write(head.replace(_TITLE_MARK, html.escape(page_title)))
-            stream.write("[")
-            if thumbnails:
-                paths = (str(_resolve(entry["path"], results, base_dir)) for entry in shown)
-                for entry, (thumb, error) in zip(shown, _thumbnails(paths, thumbnail_size, workers), strict=True):
-                    if thumb is None:
-                        entry["thumb_error"] = error
-                        summary.placeholders += 1
-                        continue
-                    stream.write(("," if summary.thumbnails else "") + '"' + thumb + '"')
-                    entry["thumb"] = summary.thumbnails
-                    summary.thumbnails += 1
-            stream.write("]")
-            stream.write(middle)
-            data = {
-                "title": page_title,
-                "results": csv_text(str(results)),
-                "thumbnails": thumbnails,
-                "thumbnail_size": thumbnail_size,
-                "records": entries,
-                "counts": {"records": summary.records, "classified": summary.classified, "failed": summary.failed},
-                "classes": summary.classes,
-                "manifest": manifest_data,
-            }
-            stream.write(script_json(data))
-            stream.write(tail)
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replaced_atomically(output, temp_suffix=".part") as tmp, open(tmp, "w", encoding="utf-8") as stream:
+        stream.write(head.replace(_TITLE_MARK, html.escape(page_title)))
+        stream.write("[")
+        if thumbnails:
+            paths = (str(_resolve(entry["path"], results, base_dir)) for entry in shown)
+            for entry, (thumb, error) in zip(shown, _thumbnails(paths, thumbnail_size, workers), strict=True):
+                if thumb is None:
+                    entry["thumb_error"] = error
+                    summary.placeholders += 1
+                    continue
+                stream.write(("," if summary.thumbnails else "") + '"' + thumb + '"')
+                entry["thumb"] = summary.thumbnails
+                summary.thumbnails += 1
+        stream.write("]")
+        stream.write(middle)
+        data = {
+            "title": page_title,
+            "results": csv_text(str(results)),
+            "thumbnails": thumbnails,
+            "thumbnail_size": thumbnail_size,
+            "records": entries,
+            "counts": {"records": summary.records, "classified": summary.classified, "failed": summary.failed},
+            "classes": summary.classes,
+            "manifest": manifest_data,
+        }
+        stream.write(script_json(data))
+        stream.write(tail)
     summary.bytes = output.stat().st_size
     return summary

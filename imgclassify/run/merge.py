@@ -38,6 +38,7 @@ from imgclassify.results.records import Candidate, Prediction
 from imgclassify.results.report import ResultsFormat, detect_format, read_records
 from imgclassify.run.inputs import natural_key
 from imgclassify.run.shards import Shard
+from imgclassify.system.fs import replaced_atomically
 
 _WRITE_BATCH = 256
 _SEPARATORS = re.compile(r"[/\\]" if os.sep == "\\" else "/")
@@ -274,36 +275,33 @@ def merge_shards(output: Path, shard_paths: Sequence[Path], *, command: list[str
     summary = MergeSummary(output=output, manifest=manifest_path, shards=len(ordered))
     reference = ordered[0]
     top_k = int(reference.run("top_k") or 1)
-    part = output.with_name(output.name + ".part")
-    try:
-        with open(part, "w", encoding="utf-8", newline="") as stream:
-            writer = make_writer(fmt, stream, top_k=top_k, model_name=str(reference.manifest["model"]["name"]))
-            previous: tuple[str, ShardOutput] | None = None
-            batch: list[Prediction] = []
-            for _key, item, record in _ordered_records(ordered, summary):
-                path = record["path"]
-                if previous is not None and previous[0] == path:
-                    raise MergeError(
-                        f"{path!r} is in {previous[1].name()} and in {item.name()}: each input belongs to one shard; "
-                        "were the shards run on different lists of inputs?"
-                    )
-                previous = (path, item)
-                prediction = to_prediction(record)
-                batch.append(prediction)
-                summary.records += 1
-                if prediction.error is None:
-                    summary.classified += 1
-                else:
-                    summary.failed += 1
-                if len(batch) == _WRITE_BATCH:
-                    writer.write(batch)
-                    batch = []
-            writer.write(batch)
-            writer.close()
-        os.replace(part, output)
-    finally:
-        if part.exists():
-            part.unlink()
+    with (
+        replaced_atomically(output, temp_suffix=".part") as part,
+        open(part, "w", encoding="utf-8", newline="") as stream,
+    ):
+        writer = make_writer(fmt, stream, top_k=top_k, model_name=str(reference.manifest["model"]["name"]))
+        previous: tuple[str, ShardOutput] | None = None
+        batch: list[Prediction] = []
+        for _key, item, record in _ordered_records(ordered, summary):
+            path = record["path"]
+            if previous is not None and previous[0] == path:
+                raise MergeError(
+                    f"{path!r} is in {previous[1].name()} and in {item.name()}: each input belongs to one shard; "
+                    "were the shards run on different lists of inputs?"
+                )
+            previous = (path, item)
+            prediction = to_prediction(record)
+            batch.append(prediction)
+            summary.records += 1
+            if prediction.error is None:
+                summary.classified += 1
+            else:
+                summary.failed += 1
+            if len(batch) == _WRITE_BATCH:
+                writer.write(batch)
+                batch = []
+        writer.write(batch)
+        writer.close()
     write_json_atomic(manifest_path, merged_manifest(ordered, output, fmt, summary, command or command_line()))
     return summary
 
