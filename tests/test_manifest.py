@@ -66,14 +66,31 @@ def test_manifest_anywhere_also_for_stdout(runner: CliRunner, tmp_path: Path) ->
     assert json.loads(target.read_text())["run"]["format"] == "csv"
 
 
-def test_labels_hash_is_of_the_labels_not_the_file(runner: CliRunner, tmp_path: Path) -> None:
-    """The tutorial's index_to_name.json holds the bundled ImageNet labels: same labels, same hash."""
-    for name, extra in (("a", []), ("b", ["--labels", str(SAMPLES / "index_to_name.json")])):
+def test_labels_hashes_of_the_file_and_of_the_labels(runner: CliRunner, tmp_path: Path) -> None:
+    """``sha256`` is the file's (what sha256sum prints), ``parsed_sha256`` the labels' (what --resume
+    compares): the tutorial's index_to_name.json holds the bundled ImageNet labels."""
+    import hashlib
+    from importlib import resources
+
+    tutorial = SAMPLES / "index_to_name.json"
+    for name, extra in (("a", []), ("b", ["--labels", str(tutorial)])):
         out = tmp_path / f"{name}.jsonl"
         assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out), *extra]).exit_code == 0
     a = json.loads((tmp_path / "a.jsonl.manifest.json").read_text())["labels"]
     b = json.loads((tmp_path / "b.jsonl.manifest.json").read_text())["labels"]
-    assert a["sha256"] == b["sha256"] and (a["source"], b["source"]) == ("bundled ImageNet-1k", "file")
+    assert a["parsed_sha256"] == b["parsed_sha256"] and (a["source"], b["source"]) == ("bundled ImageNet-1k", "file")
+    assert b["sha256"] == hashlib.sha256(tutorial.read_bytes()).hexdigest() and b["path"] == str(tutorial)
+    bundled = resources.files("imgclassify").joinpath("data", "imagenet_labels.json").read_bytes()
+    assert a["sha256"] == hashlib.sha256(bundled).hexdigest()
+    reordered = tmp_path / "labels.json"  # the same labels in another file: another file hash, same labels
+    reordered.write_text(json.dumps(json.loads(tutorial.read_text()), indent=1))
+    out = tmp_path / "c.jsonl"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "-o", str(out), "--labels", str(reordered)]).exit_code == 0
+    c = json.loads((tmp_path / "c.jsonl.manifest.json").read_text())["labels"]
+    assert (
+        c["parsed_sha256"] == a["parsed_sha256"] and c["sha256"] == hashlib.sha256(reordered.read_bytes()).hexdigest()
+    )
+    assert c["sha256"] != b["sha256"]
 
 
 def _refuse_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,16 +42,30 @@ class LabelSet:
     path: Path | None = None
 
     @property
-    def sha256(self) -> str:
-        """sha256 of the labels as parsed (canonical JSON of [[wnid, name], ...]): same labels, same hash."""
+    def parsed_sha256(self) -> str:
+        """sha256 of the labels as parsed (canonical JSON of [[wnid, name], ...]): same labels, same
+        hash, whatever file they came from (what ``--resume`` compares)."""
         return sha256_json([[label.wnid, label.name] for label in self.labels])
 
+    @property
+    def file(self) -> Path | None:
+        """The file the labels were read from: ``--labels``, the bundled ImageNet file, or none."""
+        if self.path is not None:
+            return self.path
+        if self.source is LabelsSource.IMAGENET:
+            from importlib import resources
+
+            return Path(str(resources.files("imgclassify") / "data" / "imagenet_labels.json"))
+        return None
+
     def describe(self) -> dict[str, Any]:
+        file = self.file
         return {
             "source": self.source.value,
             "path": str(self.path) if self.path else None,
             "count": len(self.labels),
-            "sha256": self.sha256,
+            "sha256": sha256_file(file) if file is not None else None,  # the file's, as sha256sum prints it
+            "parsed_sha256": self.parsed_sha256,
         }
 
 

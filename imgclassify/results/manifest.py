@@ -168,7 +168,7 @@ class RunManifest:
 RESUME_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("model", "name")),
     ("weights sha256", ("weights", "sha256")),
-    ("labels sha256", ("labels", "sha256")),
+    ("labels sha256", ("labels", "parsed_sha256")),
     ("preprocessing", ("preprocessing",)),
     ("precision", ("precision",)),
     ("calibration sha256", ("quantization", "calibration_sha256")),
@@ -204,6 +204,8 @@ def resume_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     differences = []
     for label, path in RESUME_KEYS:
         before, after = _get(old, path), _get(new, path)
+        if label == "labels sha256" and before is None and _get(old, ("labels", "count")) is not None:
+            before = _get(old, ("labels", "sha256"))  # written before parsed_sha256 existed: it was the parsed one
         if label == "labels sha256" and (before is None or after is None):
             continue
         if label == "preprocessing" and isinstance(before, Mapping) and isinstance(after, Mapping):
