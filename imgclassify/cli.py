@@ -622,8 +622,8 @@ def serve(
     with reporting_errors():
         from imgclassify.models.plan import plan_model
         from imgclassify.results.render import check_threshold
+        from imgclassify.server import serve as run_server
         from imgclassify.server.app import ServerConfig, open_server_warning, require_flask, resolve_api_key
-        from imgclassify.server.app import serve as run_server
 
         check_threshold(threshold)
         api_key = resolve_api_key(api_key_file)  # a bad --api-key-file fails before the model loads

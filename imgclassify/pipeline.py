@@ -2,7 +2,7 @@
 
 :func:`load_classifier` turns :class:`~imgclassify.options.ModelOptions` into a
 :class:`Classifier` holding the three stages every path reuses (the CLI runner, the Python API,
-the server and the Ray engine): a :class:`~imgclassify.decode.loading.Decoder` (file or bytes -> uint8
+the server and the Ray engine): a :class:`~imgclassify.decode.decoder.Decoder` (file or bytes -> uint8
 tensor), an :class:`~imgclassify.inference.InferenceBackend` (uint8 batch -> probabilities, with
 out-of-memory halving) and the labels that :class:`~imgclassify.results.render.Renderer` turns into
 records. A Classifier pickles: another process receives the same stages.
@@ -14,9 +14,10 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from imgclassify.decode.decoder import Batch, Decoder
 from imgclassify.decode.imaging import DecodeOptions, preprocess
 from imgclassify.decode.loaders import open_batches
-from imgclassify.decode.loading import Batch, Decoder, default_workers, resolve_batch_size
+from imgclassify.decode.loading import default_workers, resolve_batch_size
 from imgclassify.inference import InferenceBackend, create_backend
 from imgclassify.models.labels import Labels
 from imgclassify.models.plan import LabelSet, ModelPlan, plan_model

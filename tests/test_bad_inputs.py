@@ -262,9 +262,9 @@ def test_file_deleted_between_listing_and_reading(lite0, tmp_path: Path) -> None
 
 
 def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    import imgclassify.decode.loading as loading
+    import imgclassify.decode.decoder as decoding  # where Decoder finds load_tensor
 
-    real = loading.load_tensor  # type: ignore[attr-defined]
+    real = decoding.load_tensor  # type: ignore[attr-defined]
     poison = str(tmp_path / "poison.jpg")
     shutil.copy(SAMPLES / "labrador.jpg", poison)
 
@@ -273,7 +273,7 @@ def test_failure_inside_a_worker_stays_with_its_file(lite0, tmp_path: Path, monk
             raise RuntimeError("decoder bug")
         return real(source, config, options)
 
-    monkeypatch.setattr(loading, "load_tensor", flaky)  # forked workers inherit it
+    monkeypatch.setattr(decoding, "load_tensor", flaky)  # forked workers inherit it
     paths = [str(SAMPLES / "dog.jpg"), poison, str(SAMPLES / "brittany.jpg")]
     preds = list(lite0.predict(paths, batch_size=3, workers=2))
     assert preds[1].error == "cannot decode image: RuntimeError: decoder bug"
@@ -640,9 +640,9 @@ def test_a_decode_worker_that_dies_costs_only_its_file(  # type: ignore[no-untyp
     lite0, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Killed by the OS (out of memory) or crashed in a C decoder: the run goes on with new workers."""
-    import imgclassify.decode.loading as loading
+    import imgclassify.decode.decoder as decoding  # where Decoder finds load_tensor
 
-    real = loading.load_tensor  # type: ignore[attr-defined]
+    real = decoding.load_tensor  # type: ignore[attr-defined]
     paths = []
     for i in range(24):
         path = tmp_path / f"img{i:02d}.jpg"
@@ -655,7 +655,7 @@ def test_a_decode_worker_that_dies_costs_only_its_file(  # type: ignore[no-untyp
             crash_like_a_decoder(how)
         return real(source, config, options)
 
-    monkeypatch.setattr(loading, "load_tensor", deadly)  # forked workers inherit it
+    monkeypatch.setattr(decoding, "load_tensor", deadly)  # forked workers inherit it
     preds = list(lite0.predict(paths, batch_size=4, workers=2))
     assert [p.path for p in preds] == paths  # every input once, in order
     assert preds[9].error == f"the decoder crashed on this file (its process was killed by {how}" + (

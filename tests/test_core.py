@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import LABELLED, SAMPLES
-from imgclassify.decode.loading import Batch, Decoder, default_workers, iter_batches
+from imgclassify.decode.decoder import Batch, Decoder
+from imgclassify.decode.loading import default_workers, iter_batches
 from imgclassify.inference import Backend, InferenceBackend
 from imgclassify.results.render import Renderer
 

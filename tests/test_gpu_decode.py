@@ -19,6 +19,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from typer.testing import CliRunner
 
 from conftest import LABELLED, SAMPLES
+from imgclassify.decode.decoder import Decoder
 from imgclassify.decode.gpu import (
     GpuBatchDecoder,
     JpegHeader,
@@ -34,7 +35,6 @@ from imgclassify.decode.gpu import (
 )
 from imgclassify.decode.imaging import DecodeOptions, open_image
 from imgclassify.decode.loaders import LoaderKind, choose_loader, pin_memory_for
-from imgclassify.decode.loading import Decoder
 from imgclassify.models.registry import get_spec
 
 CPU = torch.device("cpu")

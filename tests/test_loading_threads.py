@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import LABELLED, SAMPLES
-from imgclassify.decode.loading import Decoder, default_threads, iter_batches
+from imgclassify.decode.decoder import Decoder
+from imgclassify.decode.loading import default_threads, iter_batches
 from imgclassify.models.registry import get_spec
 
 DECODER = Decoder(get_spec("efficientnet_lite0").preprocess)

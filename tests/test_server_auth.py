@@ -232,7 +232,7 @@ def test_workers_get_the_file_path_not_the_key(tmp_path: Path) -> None:
 def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[ServerConfig, dict[str, Any]]]:
     """``serve``'s calls to the server: nothing listens."""
     calls: list[tuple[ServerConfig, dict[str, Any]]] = []
-    monkeypatch.setattr("imgclassify.server.app.serve", lambda config, **kw: calls.append((config, kw)))
+    monkeypatch.setattr("imgclassify.server.serve", lambda config, **kw: calls.append((config, kw)))
     monkeypatch.delenv("IMGCLASSIFY_API_KEY", raising=False)
     return calls
 

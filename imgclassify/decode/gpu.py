@@ -12,7 +12,7 @@ The pieces, each usable (and tested) without a GPU:
   with the CPU path's sizes, in float on whatever device the tensor is on.
 - :class:`GpuBatchDecoder`: a batch of (path, bytes) -> uint8 NCHW on the device plus
   per-index errors. Files the policy refuses, and files nvJPEG fails on, are decoded by the CPU
-  :class:`~imgclassify.decode.loading.Decoder`, one by one, never failing the batch.
+  :class:`~imgclassify.decode.decoder.Decoder`, one by one, never failing the batch.
 - :func:`iter_gpu_batches`: paths -> :class:`~imgclassify.decode.loading.Batch` with the tensor on
   the device; worker processes only read bytes, decoding runs one batch ahead in a thread on a
   side CUDA stream so it overlaps the forward pass.
@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from imgclassify.decode.decoder import Batch, Decoder
 from imgclassify.decode.imaging import DecodeOptions
-from imgclassify.decode.loading import Batch, Decoder, iter_raw_batches
+from imgclassify.decode.loading import iter_raw_batches
 from imgclassify.decode.preprocess import Interpolation, PreprocessConfig
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from imgclassify.decode.loading import Batch, Decoder, iter_batches
+from imgclassify.decode.decoder import Batch, Decoder
+from imgclassify.decode.loading import iter_batches
 
 if TYPE_CHECKING:
     import torch

@@ -17,7 +17,7 @@ import signal
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from imgclassify.decode.loading import Batch, DecodedItem, Decoder, collate
+from imgclassify.decode.decoder import Batch, DecodedItem, Decoder, collate
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

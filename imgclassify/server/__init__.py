@@ -4,6 +4,30 @@ loop (:mod:`.asgi`), dynamic batching (:mod:`.batching`).
 ``gunicorn "imgclassify.server:create_app()"`` keeps working: the app factory is here too.
 """
 
-from imgclassify.server.app import ServerConfig, create_app
+from __future__ import annotations
 
-__all__ = ["ServerConfig", "create_app"]
+from imgclassify.errors import UsageError
+from imgclassify.server.app import INSTALL_HINT, ServerConfig, create_app, require_flask
+
+__all__ = ["ServerConfig", "create_app", "serve"]
+
+
+def serve(
+    config: ServerConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    threads: int = 8,
+    workers: int = 1,
+    quiet: bool = False,
+) -> None:
+    """Run ``create_app(config)`` behind uvicorn, bodies read in its event loop (blocks until stopped).
+
+    See :mod:`imgclassify.server.asgi`: slow clients must not hold request threads.
+    """
+    require_flask()
+    try:
+        from imgclassify.server import asgi
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    asgi.run(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)

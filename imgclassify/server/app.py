@@ -704,24 +704,3 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.handlers[:] = [handler] if name == "imgclassify" else []
         logger.propagate = name != "imgclassify"
         logger.setLevel(level)
-
-
-def serve(
-    config: ServerConfig,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 5000,
-    threads: int = 8,
-    workers: int = 1,
-    quiet: bool = False,
-) -> None:
-    """Run ``create_app(config)`` behind uvicorn, bodies read in its event loop (blocks until stopped).
-
-    See :mod:`imgclassify.server.asgi`: slow clients must not hold request threads.
-    """
-    require_flask()
-    try:
-        from imgclassify.server import asgi
-    except ImportError:
-        raise UsageError(INSTALL_HINT) from None
-    asgi.run(config, host=host, port=port, threads=threads, workers=workers, quiet=quiet)

@@ -1,7 +1,7 @@
 """The Ray engine: a ``predict`` run on a Ray cluster, with Ray Data doing the work.
 
 A Ray Dataset of ``{"index", "path"}`` rows (the paths must be readable on every node: shared
-storage); decoding as Ray tasks (:func:`decode_batch`, the same :class:`~imgclassify.decode.loading.Decoder`
+storage); decoding as Ray tasks (:func:`decode_batch`, the same :class:`~imgclassify.decode.decoder.Decoder`
 as a local run: uint8 arrays, or an error string per file); the model in an actor pool
 (:class:`ModelActor`: one classifier per actor, built from the pickled
 :class:`~imgclassify.models.plan.ModelPlan`); top-k candidates back to the driver in input order
@@ -26,7 +26,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from imgclassify.decode.loading import Decoder, resolve_batch_size
+from imgclassify.decode.decoder import Decoder
+from imgclassify.decode.loading import resolve_batch_size
 from imgclassify.errors import EngineError, ImgclassifyError, UsageError
 from imgclassify.extras import install_hint
 from imgclassify.results.records import Candidate, Prediction
