@@ -7,11 +7,46 @@ turns it into a JSON error. Messages name the fix, not just the fault.
 
 from __future__ import annotations
 
+from typing import Any
+
+#: the options errors can concern, by their library name -> how the command line spells them
+#: (the server spells them as its query parameters, the library name itself: ``?top_k=``)
+CLI_OPTIONS = {"top_k": "--top-k", "threshold": "--threshold"}
+
 
 class ImgclassifyError(Exception):
-    """Base class: a problem the user can act on. ``exit_code`` is what the CLI exits with."""
+    """Base class: a problem the user can act on. ``exit_code`` is what the CLI exits with.
+
+    ``option``: the option the error concerns (a key of :data:`CLI_OPTIONS`), named in the message
+    as ``{option}``; ``str()`` spells it as the command line does (``--top-k``), and
+    :meth:`naming` as a caller does (the server: ``top_k``).
+    """
 
     exit_code: int = 1
+
+    def __init__(self, message: str = "", *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+    def naming(self, spelling: str) -> str:
+        """The message with its option spelled ``spelling``."""
+        text = str(self.args[0]) if self.args else ""
+        return text.replace("{option}", spelling) if self.option is not None else text
+
+    def __str__(self) -> str:
+        if self.option is None:
+            return super().__str__()
+        return self.naming(CLI_OPTIONS.get(self.option, self.option))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # across processes (decode workers, Ray) with its option
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(kind: type[ImgclassifyError], args: tuple[Any, ...], state: dict[str, Any]) -> ImgclassifyError:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class UsageError(ImgclassifyError):

@@ -367,3 +367,19 @@ def test_page_in_chromium_classifies_an_upload(live_server: str, tmp_path: Path)
             shutil.copy(tmp_path / "serve_page.png", os.environ["IMGCLASSIFY_SCREENSHOT_DIR"])
     finally:
         browser.close()
+
+
+def test_option_errors_name_the_option_as_each_caller_spells_it(client, lite0) -> None:  # type: ignore[no-untyped-def]
+    """One library error; the CLI says --top-k, the server top_k (its query parameter)."""
+    from imgclassify.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        lite0.check_top_k(0)
+    assert str(caught.value) == "--top-k must be between 1 and 1000 (the model's class count), got 0"
+    response = client.post("/predict?top_k=2000", data=upload("kitten.jpg"), content_type="multipart/form-data")
+    assert response.status_code == 400 and response.get_json() == {
+        "error": "bad_top_k",
+        "message": "top_k must be between 1 and 1000 (the model's class count), got 2000",
+    }
+    response = client.post("/predict?threshold=1.5", data=upload("kitten.jpg"), content_type="multipart/form-data")
+    assert response.get_json()["message"] == "threshold must be a probability from 0 to 1 (such as 0.5), got 1.5"

@@ -223,3 +223,14 @@ def test_replaced_atomically_replaces_whole_or_not_at_all(tmp_path: Path) -> Non
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert target.read_text() == "first\n" and sorted(p.name for p in target.parent.iterdir()) == ["results.jsonl"]
+
+
+def test_errors_pickle_with_their_option_and_fields() -> None:
+    import pickle
+
+    from imgclassify.errors import UsageError, WeightsUnavailableError
+
+    error = pickle.loads(pickle.dumps(UsageError("{option} must be at least 1", option="top_k")))
+    assert str(error) == "--top-k must be at least 1" and error.naming("top_k") == "top_k must be at least 1"
+    weights = pickle.loads(pickle.dumps(WeightsUnavailableError("long message", reason="offline")))
+    assert (str(weights), weights.reason, weights.option) == ("long message", "offline", None)

@@ -24,7 +24,9 @@ PROBABILITY_DECIMALS = 6
 def check_threshold(threshold: float | None) -> None:
     """``--threshold P``: a probability, 0 <= P <= 1 (None: no threshold)."""
     if threshold is not None and not (0.0 <= threshold <= 1.0):  # also refuses NaN
-        raise UsageError(f"--threshold must be a probability from 0 to 1 (such as 0.5), got {threshold:g}")
+        raise UsageError(
+            f"{{option}} must be a probability from 0 to 1 (such as 0.5), got {threshold:g}", option="threshold"
+        )
 
 
 def judge(prediction: Prediction, threshold: float | None) -> Prediction:
@@ -39,7 +41,9 @@ def judge(prediction: Prediction, threshold: float | None) -> Prediction:
 
 def check_top_k(top_k: int, num_classes: int) -> None:
     if not 1 <= top_k <= num_classes:
-        raise UsageError(f"--top-k must be between 1 and {num_classes} (the model's class count), got {top_k}")
+        raise UsageError(
+            f"{{option}} must be between 1 and {num_classes} (the model's class count), got {top_k}", option="top_k"
+        )
 
 
 @dataclass(frozen=True)

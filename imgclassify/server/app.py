@@ -552,14 +552,18 @@ def create_app(
         try:
             top_k = int(raw_top_k) if raw_top_k is not None else config.top_k
             classifier.check_top_k(top_k)
-        except (ValueError, ImgclassifyError):
+        except ValueError:
             return _error(400, "bad_top_k", f"top_k must be an integer from 1 to {classifier.num_classes}")
+        except ImgclassifyError as exc:  # the library's message, with the option as this API spells it
+            return _error(400, "bad_top_k", exc.naming("top_k"))
         raw_threshold = request.args.get("threshold")
         try:
             threshold = float(raw_threshold) if raw_threshold is not None else config.threshold
             check_threshold(threshold)
-        except (ValueError, ImgclassifyError):
+        except ValueError:
             return _error(400, "bad_threshold", "threshold must be a probability from 0 to 1, such as 0.5")
+        except ImgclassifyError as exc:
+            return _error(400, "bad_threshold", exc.naming("threshold"))
         if not state.ready.wait(timeout=config.request_timeout_s):
             return _error(503, "not_ready", "the model is still loading; retry shortly (see /readyz)")
         g.images = len(uploads)
