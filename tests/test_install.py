@@ -101,7 +101,11 @@ def test_wheel_holds_every_package_file(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     expected = package_files(ROOT)
-    assert {"imgclassify/backends/__init__.py", "imgclassify/data/imagenet_labels.json"} <= expected
+    assert {
+        "imgclassify/inference/__init__.py",
+        "imgclassify/run/engines/ray.py",
+        "imgclassify/data/imagenet_labels.json",
+    } <= expected
     assert expected - names == set(), "files of the package missing from the wheel"
     extra = {n for n in names if not n.startswith("imgclassify-")} - expected
     assert extra == set(), "files in the wheel that the source tree lacks"
