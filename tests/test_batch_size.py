@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import imgclassify.server as server
 from conftest import LABELLED
 from imgclassify import pipeline
 from imgclassify.cli import app
@@ -24,7 +25,6 @@ from imgclassify.decode.loading import DEFAULT_BATCH_SIZES, default_batch_size, 
 from imgclassify.errors import UsageError
 from imgclassify.pipeline import Classifier
 from imgclassify.run.engines.local import LocalEngine
-from imgclassify.server import app as server
 from imgclassify.server.app import ServerConfig, UploadDecoding, create_app
 from imgclassify.server.asgi import config_to_env
 
