@@ -7,8 +7,6 @@ turns it into a JSON error. Messages name the fix, not just the fault.
 
 from __future__ import annotations
 
-from typing import Any
-
 #: the options errors can concern, by their library name -> how the command line spells them
 #: (the server spells them as its query parameters, the library name itself: ``?top_k=``)
 CLI_OPTIONS = {"top_k": "--top-k", "threshold": "--threshold"}
@@ -37,16 +35,6 @@ class ImgclassifyError(Exception):
         if self.option is None:
             return super().__str__()
         return self.naming(CLI_OPTIONS.get(self.option, self.option))
-
-    def __reduce__(self) -> tuple[Any, ...]:  # across processes (decode workers, Ray) with its option
-        return (_restore, (type(self), self.args, self.__dict__))
-
-
-def _restore(kind: type[ImgclassifyError], args: tuple[Any, ...], state: dict[str, Any]) -> ImgclassifyError:
-    error = kind.__new__(kind)
-    error.args = args
-    error.__dict__.update(state)
-    return error
 
 
 class UsageError(ImgclassifyError):

@@ -151,3 +151,18 @@ def wait_until_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeou
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, f"server not ready in {timeout:.0f} s:\n" + log.read_text()
         time.sleep(0.25)
+
+
+def multipart_body(files: list[tuple[str, bytes]], boundary: str | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body with each file in the field ``file``, and its boundary."""
+    import uuid
+
+    boundary = boundary or uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in files
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary

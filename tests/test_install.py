@@ -20,13 +20,12 @@ import subprocess
 import sys
 import sysconfig
 import urllib.request
-import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SAMPLES, free_port, wait_until_ready
+from conftest import ROOT, SAMPLES, free_port, multipart_body, wait_until_ready
 
 
 def build_wheel(source: Path, out: Path) -> Path:
@@ -147,15 +146,7 @@ def test_installed_wheel_runs_from_outside_the_source_tree(user_venv: Path, tmp_
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_ready(base, proc, log)
-        boundary = uuid.uuid4().hex
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="kitten.jpg"\r\n'
-                "Content-Type: image/jpeg\r\n\r\n"
-            ).encode()
-            + (SAMPLES / "kitten.jpg").read_bytes()
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
+        body, boundary = multipart_body([("kitten.jpg", (SAMPLES / "kitten.jpg").read_bytes())])
         request = urllib.request.Request(
             base + "/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SAMPLES, free_port, wait_until_ready
+from conftest import SAMPLES, free_port, multipart_body, wait_until_ready
 from imgclassify.cli import app as cli_app
 from imgclassify.errors import UsageError
 from imgclassify.server.app import (
@@ -339,8 +339,7 @@ BOUNDARY = "authboundary"
 
 
 def multipart(name: str = "kitten.jpg") -> bytes:
-    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'
-    return head.encode() + (SAMPLES / name).read_bytes() + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return multipart_body([(name, (SAMPLES / name).read_bytes())], BOUNDARY)[0]
 
 
 def http(base: str, method: str, path: str, authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:

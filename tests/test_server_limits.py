@@ -13,7 +13,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, free_port, wait_until_ready
+from conftest import SAMPLES, free_port, multipart_body, wait_until_ready
 from imgclassify.server.app import ServerConfig, create_app
 from imgclassify.server.batching import DynamicBatcher
 
@@ -35,18 +34,6 @@ def small_png(i: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (i % 256, (i * 7) % 256, (i * 13) % 256)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + data
-        + b"\r\n"
-        for name, data in files
-    ]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
 
 
 # -- the batcher: no pass larger than max_batch_size ---------------------------------------------
@@ -150,7 +137,7 @@ def test_more_files_than_max_files_is_413_json(lite0) -> None:  # type: ignore[n
 def test_part_counter_counts_parts_across_any_chunking(chunk: int) -> None:
     from imgclassify.server.asgi import _PartCounter
 
-    body, boundary = multipart([(f"{i}.png", small_png(i)) for i in range(12)])
+    body, boundary = multipart_body([(f"{i}.png", small_png(i)) for i in range(12)])
     counter = _PartCounter.for_headers([(b"content-type", f"multipart/form-data; boundary={boundary}".encode())])
     assert counter is not None
     seen = [counter.feed(body[i : i + chunk]) for i in range(0, len(body), chunk)]
@@ -218,11 +205,11 @@ def test_1500_small_files_in_one_request_keep_the_server_within_its_bound(tmp_pa
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, proc, log)
-        warm, boundary = multipart([("warm.png", small_png(1))])
+        warm, boundary = multipart_body([("warm.png", small_png(1))])
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         urllib.request.urlopen(urllib.request.Request(base + "/predict", data=warm, headers=headers), timeout=120)
         before = _vm_mb(proc.pid, "VmHWM")
-        body, boundary = multipart([(f"{i}.png", small_png(i)) for i in range(1500)])
+        body, boundary = multipart_body([(f"{i}.png", small_png(i)) for i in range(1500)])
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         request = urllib.request.Request(base + "/predict", data=body, headers=headers)
         try:
@@ -254,7 +241,7 @@ def test_the_default_max_files_refuses_1500_while_reading(tmp_path: Path) -> Non
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, proc, log)
-        body, boundary = multipart([(f"{i}.png", small_png(i)) for i in range(1500)])
+        body, boundary = multipart_body([(f"{i}.png", small_png(i)) for i in range(1500)])
         request = urllib.request.Request(
             base + "/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
         )
@@ -304,7 +291,7 @@ def test_the_front_refuses_before_a_request_waits_for_a_thread() -> None:
 
     queue = Queue()
     front = BufferedWSGI(app, max_body=10**7, read_timeout_s=5, max_files=10, admission=queue)
-    body, boundary = multipart([(f"{i}.png", small_png(i)) for i in range(2)])
+    body, boundary = multipart_body([(f"{i}.png", small_png(i)) for i in range(2)])
 
     async def request(path: str = "/predict") -> tuple[int, dict[bytes, bytes], bytes]:
         scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "headers": [

@@ -323,7 +323,8 @@ class _State:
         self.metrics = metrics
         self.ready = threading.Event()
         self.batch_decode = batch_decode
-        self.max_queue = config.max_queue or QUEUE_BATCHES * (config.max_batch_size or 1)
+        assert config.max_queue is not None, "create_app resolves the config first (ServerConfig.resolved_for)"
+        self.max_queue = config.max_queue
         self._queued = 0
         self._queue_lock = threading.Lock()
         settings: dict[str, Any] = {
