@@ -21,6 +21,7 @@ from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from imgclassify import __version__
 from imgclassify.decode.imaging import DEFAULT_MAX_PIXELS, DecodeOptions
+from imgclassify.decode.preprocess import Interpolation
 from imgclassify.errors import ImgclassifyError, UsageError
 from imgclassify.options import ModelOptions
 from imgclassify.results.formats import OutputFormat
@@ -50,8 +51,9 @@ METAVARS = {
     "workers": "N", "sort_into": "DIR", "shard": "K/N", "ray_address": "ADDRESS", "ray_actors": "N",
     "image": "FILE", "host": "ADDRESS", "port": "PORT", "threads": "N", "max_upload_mb": "MB",
     "max_batch_size": "N", "max_batch_delay_ms": "MS", "read_timeout": "SECONDS", "thumbnail_size": "PIXELS",
-    "base_dir": "DIR", "title": "TEXT", "results_format": "json|jsonl|csv", "max_files": "N", "max_queue": "N",
-    "api_key_file": "FILE",
+    "base_dir": "DIR", "title": "TEXT", "results_format": "json|jsonl|csv|parquet", "max_files": "N", "max_queue": "N",
+    "api_key_file": "FILE", "resize": "N", "crop": "N", "mean": "R,G,B", "std": "R,G,B",
+    "storage_option": "KEY=VALUE",
 }  # fmt: skip
 ARGUMENT_METAVARS = {"paths": "PATH", "shards": "SHARD", "output": "OUTPUT", "results": "RESULTS"}
 
@@ -160,14 +162,14 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model name (see `imgclassify models`). Default: densenet121, or the bundled efficientnet_lite0 when DenseNet's weights cannot be had offline.",
+        help="A registry name (`imgclassify models`), timm:NAME[.TAG], hf:ORG/REPO[@REV], or a path: a model folder (timm or transformers layout), .onnx, TorchScript or .pt2 file. Default: densenet121, or the bundled efficientnet_lite0 when DenseNet's weights cannot be had offline.",
     ),
 ]
 WeightsOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--weights",
-        help="Local checkpoint (state_dict) for the chosen architecture; loaded weights-only.",
+        help="Local checkpoint for the chosen architecture: .safetensors or a state_dict (loaded weights-only).",
         dir_okay=False,
     ),
 ]
@@ -194,7 +196,9 @@ PrecisionOpt = Annotated[
 BackendOpt = Annotated[
     Backend,
     typer.Option(
-        "--backend", **choice(Backend, "backend"), help="torch, or openvino (CPU; the imgclassify[openvino] extra)."
+        "--backend",
+        **choice(Backend, "backend"),
+        help="torch; openvino (CPU; the imgclassify[openvino] extra); onnxruntime (the imgclassify[onnx] extra; the default for .onnx models).",
     ),
 ]
 FastDecodeOpt = Annotated[
@@ -232,6 +236,48 @@ ServeQuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr: no start-up line or request log.")
 ]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download weights (also: IMGCLASSIFY_OFFLINE=1).")]
+ResizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--resize", min=1, help="Resize the shorter side to N pixels (default: the model's own).", show_default=False
+    ),
+]
+CropOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--crop",
+        min=1,
+        help="Center crop N x N, the model's input size (default: the model's own).",
+        show_default=False,
+    ),
+]
+InterpolationOpt = Annotated[
+    Optional[Interpolation],
+    typer.Option(
+        "--interpolation", **choice(Interpolation, "interpolation"), help="Resize filter (default: the model's own).",
+        show_default=False,
+    ),
+]  # fmt: skip
+MeanOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--mean",
+        help="Normalization mean per channel, R,G,B from 0 to 1 (default: the model's own).",
+        show_default=False,
+    ),
+]
+StdOpt = Annotated[
+    Optional[str],
+    typer.Option("--std", help="Normalization std per channel, R,G,B (default: the model's own).", show_default=False),
+]
+MultiLabelOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--multi-label/--single-label",
+        help="Sigmoid scores, one per class (with --threshold: every class above it), or softmax. Default: as the model's config says, else single-label.",
+        show_default=False,
+    ),
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,6 +294,12 @@ MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("allow_truncated", AllowTruncatedOpt, False),
     ("max_pixels", MaxPixelsOpt, DEFAULT_MAX_PIXELS),
     ("offline", OfflineOpt, False),
+    ("resize", ResizeOpt, None),
+    ("crop", CropOpt, None),
+    ("interpolation", InterpolationOpt, None),
+    ("mean", MeanOpt, None),
+    ("std", StdOpt, None),
+    ("multi_label", MultiLabelOpt, None),
 )
 
 
@@ -279,7 +331,9 @@ def with_model_options(command: F) -> F:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name, _, _ in MODEL_OPTIONS}
-        return command(**kwargs, model_options=model_options_from(values))
+        with reporting_errors():  # a bad --mean/--std: a usage error, not a traceback
+            model_options = model_options_from(values)
+        return command(**kwargs, model_options=model_options)
 
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
@@ -292,7 +346,7 @@ def predict(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, directories (walked recursively), quoted globs (** works), or - to read paths from stdin.",
+            help="Image files, directories (walked recursively), quoted globs (** works), URLs (s3://, gs://, az:// prefixes, keys or globs; http(s)://), or - to read paths from stdin.",
             show_default=False,
         ),
     ],
@@ -330,7 +384,7 @@ def predict(
             "--format",
             "-f",
             **choice(OutputFormat, "format"),
-            help="Output format. Default: from --output's suffix (.json, .jsonl, .ndjson, .csv); else table on a terminal, JSONL otherwise.",
+            help="Output format. Default: from --output's suffix (.json, .jsonl, .ndjson, .csv, .parquet); else table on a terminal, JSONL otherwise.",
             show_default=False,
         ),
     ] = None,
@@ -428,11 +482,20 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    storage_option: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--storage-option",
+            help="KEY=VALUE for the fsspec filesystem that reads s3://, gs:// or az:// inputs (repeat it), such as endpoint_url=http://127.0.0.1:9000 or anon=true. Credentials come from each filesystem's own configuration otherwise (for S3: AWS_* variables, profiles). Values are never printed.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
     from imgclassify.run.runner import PredictOptions, run_predict
     from imgclassify.run.shards import Shard
     from imgclassify.system.runtime import tune_allocator
+    from imgclassify.system.storage import parse_storage_options
 
     _setup_logging(quiet)
     tune_allocator()
@@ -444,12 +507,21 @@ def predict(
             top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
             quiet=quiet, progress=progress, tune_process=True, shard=Shard.parse(shard) if shard is not None else None,
             threshold=threshold, sort=_sort_options(sort_into, sort_mode, dry_run), engine=engine,
-            engine_settings={"address": ray_address, "actors": ray_actors} if engine is EngineKind.RAY else {},
+            engine_settings=_engine_settings(engine, ray_address, ray_actors),
+            storage_options=parse_storage_options(storage_option or []),
         )  # fmt: skip
         summary = run_predict(options)
     if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _engine_settings(engine: EngineKind, ray_address: str | None, ray_actors: int | None) -> object | None:
+    if engine is EngineKind.RAY:
+        from imgclassify.run.engines.ray import RayEngine
+
+        return RayEngine.Settings(address=ray_address, actors=ray_actors)
+    return None
 
 
 def _sort_options(into: Path | None, mode: SortMode | None, dry_run: bool) -> SortOptions | None:
@@ -477,25 +549,26 @@ def list_models(
             show_default=False,
         ),
     ] = None,
+    search: Annotated[
+        Optional[str],
+        typer.Option(
+            "--search",
+            "-s",
+            help="Only models whose name contains TEXT, timm's pretrained models too (as timm:NAME.TAG; run with -m).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """List the models: name, parameters, input size, and whether their weights work offline now."""
-    from imgclassify.models.registry import registry
+    from imgclassify.models.catalog import list_models as rows_of
 
-    specs = list(registry().values())
-    status = {spec.name: spec.weights_status().value for spec in specs}  # one look at the disk per model
-    rows = [
-        {
-            "name": spec.name,
-            "params_m": round(spec.num_params / 1e6, 1),
-            "input_size": spec.preprocess.crop_size,
-            "top1": spec.top1,
-            "weights": status[spec.name],
-        }
-        for spec in specs
-    ]
+    rows = rows_of(search)
     fmt = output_format or (ListFormat.TABLE if sys.stdout.isatty() else ListFormat.JSON)
     if fmt is ListFormat.JSON:
-        typer.echo(json.dumps(rows, indent=1))
+        keys = ("name", "params_m", "input_size", "top1", "weights") if search is None else None
+        typer.echo(
+            json.dumps([{k: v for k, v in r.to_dict().items() if keys is None or k in keys} for r in rows], indent=1)
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -509,13 +582,13 @@ def list_models(
         ("weights", "left"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for spec in specs:
+    for row in rows:
         table.add_row(
-            spec.name,
-            f"{spec.num_params / 1e6:.1f}",
-            str(spec.preprocess.crop_size),
-            f"{spec.top1:.1f}" if spec.top1 else "",
-            status[spec.name],
+            row.name,
+            f"{row.params_m:.1f}" if row.params_m is not None else "",
+            str(row.input_size),
+            f"{row.top1:.1f}" if row.top1 else "",
+            row.weights,
         )
     Console(highlight=False).print(table)
 
@@ -654,7 +727,8 @@ def report(
     results: Annotated[
         Path,
         typer.Argument(
-            help="A results file written by `imgclassify predict` (json, jsonl or csv).", show_default=False
+            help="A results file written by `imgclassify predict` (json, jsonl, csv or parquet).",
+            show_default=False,
         ),
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.", dir_okay=False)] = Path(
@@ -674,7 +748,7 @@ def report(
         typer.Option(
             "--format",
             "-f",
-            help="json, jsonl or csv. Default: from the suffix, else sniffed from the content.",
+            help="json, jsonl, csv or parquet. Default: from the suffix, else sniffed from the content.",
             show_default=False,
         ),
     ] = None,
@@ -711,14 +785,10 @@ def report(
 ) -> None:
     """Write one self-contained HTML page of a run's results: thumbnails, filters, class counts, failures, provenance."""
     with reporting_errors():
-        from imgclassify.results.report import ResultsFormat, ResultsFormatError, write_report
+        from imgclassify.results.formats import readable_format
+        from imgclassify.results.report import write_report
 
-        fmt = None
-        if results_format is not None:
-            try:
-                fmt = ResultsFormat(results_format.lower())
-            except ValueError:
-                raise ResultsFormatError(f"unknown --format {results_format!r}; use json, jsonl or csv") from None
+        fmt = readable_format(results_format) if results_format is not None else None
         summary = write_report(
             results, output, manifest=manifest, thumbnails=thumbnails, thumbnail_size=thumbnail_size,
             results_format=fmt, base_dir=base_dir, title=title, workers=workers,
@@ -734,7 +804,7 @@ def merge(
     output: Annotated[
         Path,
         typer.Argument(
-            help="The merged output: .jsonl, .json or .csv (its manifest goes beside it).",
+            help="The merged output: .jsonl, .json, .csv or .parquet (its manifest goes beside it).",
             dir_okay=False,
             show_default=False,
         ),

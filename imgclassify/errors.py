@@ -9,7 +9,7 @@ from __future__ import annotations
 
 #: the options errors can concern, by their library name -> how the command line spells them
 #: (the server spells them as its query parameters, the library name itself: ``?top_k=``)
-CLI_OPTIONS = {"top_k": "--top-k", "threshold": "--threshold"}
+CLI_OPTIONS = {"top_k": "--top-k", "threshold": "--threshold", "workers": "--workers", "batch_size": "--batch-size"}
 
 
 class ImgclassifyError(Exception):

@@ -12,6 +12,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "heif": ("pillow-heif",),
     "ray": ("ray[data]",),
     "serve": ("flask", "uvicorn", "gunicorn", "prometheus-client"),
+    "onnx": ("onnxruntime", "onnx"),
+    "hf": ("transformers",),
+    "s3": ("s3fs",),
+    "gcs": ("gcsfs",),
+    "azure": ("adlfs",),
+    "parquet": ("pyarrow",),
 }
 
 

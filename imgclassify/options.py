@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclassify.decode.imaging import DecodeOptions
+from imgclassify.decode.preprocess import Interpolation, PreprocessConfig
 from imgclassify.errors import UsageError
 from imgclassify.system.devices import Backend, Precision, validate_device
 
@@ -32,9 +33,10 @@ def offline_in_environment(environ: Mapping[str, str] | None = None) -> bool:
 class ModelOptions:
     """Which model to load, and how. Strings are accepted for the enums and paths."""
 
-    #: a registry name; None: densenet121, or the bundled efficientnet_lite0 when its weights cannot be had
+    #: a registry name, ``timm:NAME``, ``hf:ORG/REPO[@REV]`` or a path (a model folder, ``.onnx``,
+    #: TorchScript, ``.pt2``); None: densenet121, or the bundled efficientnet_lite0 when its weights cannot be had
     model: str | None = None
-    #: a local checkpoint for the architecture
+    #: a local checkpoint for the architecture (a state dict or ``.safetensors``)
     weights: Path | None = None
     #: a labels JSON file; None: ImageNet-1k for 1000 classes, else class_0, class_1, ...
     labels: Path | None = None
@@ -45,9 +47,27 @@ class ModelOptions:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     #: never download weights (IMGCLASSIFY_OFFLINE=1 in the environment means the same)
     offline: bool = False
+    #: preprocessing overrides (None: the model's own): shorter side, center crop, interpolation, mean, std
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: Interpolation | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    #: sigmoid scores, one per class (None: as the model's config says; else softmax)
+    multi_label: bool | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.interpolation is not None:
+            set_(self, "interpolation", _enum(Interpolation, self.interpolation, "--interpolation"))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, parse_triple(value, f"--{name}", positive=name == "std"))
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name} must be a whole number of pixels, at least 1, got {value!r}")
         set_(self, "precision", _enum(Precision, self.precision, "--precision"))
         set_(self, "backend", _enum(Backend, self.backend, "--backend"))
         set_(self, "device", validate_device(str(self.device)))
@@ -55,6 +75,26 @@ class ModelOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 set_(self, name, Path(value))
+
+    def preprocess_overrides(self, model: PreprocessConfig) -> PreprocessConfig:
+        """``model``'s preprocessing with the overrides asked for. ``--crop`` alone keeps the model's
+        resize-to-crop ratio (224 of 256: ``--crop 288`` resizes to 329)."""
+        crop = self.crop or model.crop_size
+        resize = self.resize or (
+            model.resize_size if self.crop is None else round(crop * model.resize_size / model.crop_size)
+        )
+        if resize < crop and (self.resize is not None or self.crop is not None):
+            raise UsageError(
+                f"--resize {resize} is smaller than the crop, {crop} pixels: the center crop would be padded; "
+                "give a --resize at least as large as --crop"
+            )
+        return PreprocessConfig(
+            resize_size=resize,
+            crop_size=crop,
+            interpolation=self.interpolation or model.interpolation,
+            mean=self.mean or model.mean,
+            std=self.std or model.std,
+        )
 
     @property
     def allow_download(self) -> bool:
@@ -66,10 +106,12 @@ class ModelOptions:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ModelOptions:
         """``IMGCLASSIFY_MODEL``, ``_WEIGHTS``, ``_LABELS``, ``_DEVICE``, ``_PRECISION``, ``_BACKEND``,
-        ``_FAST_DECODE``, ``_ALLOW_TRUNCATED``, ``_MAX_PIXELS``, ``_OFFLINE``."""
+        ``_FAST_DECODE``, ``_ALLOW_TRUNCATED``, ``_MAX_PIXELS``, ``_OFFLINE``, ``_RESIZE``, ``_CROP``,
+        ``_INTERPOLATION``, ``_MEAN``, ``_STD``, ``_MULTI_LABEL``."""
         env = os.environ if environ is None else environ
         values = read_env(env, {
             "model": str, "weights": Path, "labels": Path, "device": str, "precision": str, "backend": str,
+            "resize": int, "crop": int, "interpolation": str, "mean": str, "std": str, "multi_label": bool,
         })  # fmt: skip
         decode = read_env(env, {"fast_decode": bool, "allow_truncated": bool, "max_pixels": int})
         if "fast_decode" in decode:
@@ -82,7 +124,10 @@ class ModelOptions:
         values: dict[str, Any] = {
             "model": self.model, "weights": self.weights, "labels": self.labels, "device": self.device,
             "precision": self.precision.value, "backend": self.backend.value, "fast_decode": decode.fast,
-            "allow_truncated": decode.allow_truncated, "max_pixels": decode.max_pixels,
+            "allow_truncated": decode.allow_truncated, "max_pixels": decode.max_pixels, "resize": self.resize,
+            "crop": self.crop, "interpolation": self.interpolation.value if self.interpolation else None,
+            "mean": ",".join(map(str, self.mean)) if self.mean else None,
+            "std": ",".join(map(str, self.std)) if self.std else None, "multi_label": self.multi_label,
         }  # fmt: skip
         if self.offline:  # else leave the environment's own IMGCLASSIFY_OFFLINE alone
             values["offline"] = True
@@ -94,6 +139,19 @@ class ModelOptions:
             else str(value)
             for name, value in values.items()
         }
+
+
+def parse_triple(value: Any, option: str, *, positive: bool = False) -> tuple[float, float, float]:
+    """``"0.5,0.5,0.5"`` or three numbers -> a (r, g, b) tuple."""
+    parts = [p for p in value.replace(" ", ",").split(",") if p] if isinstance(value, str) else list(value)
+    try:
+        numbers = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != 3 or (positive and min(numbers) <= 0):
+        what = "three positive numbers" if positive else "three numbers"
+        raise UsageError(f"{option} takes {what}, one per channel (such as 0.5,0.5,0.5), got {value!r}")
+    return numbers
 
 
 def read_env(env: Mapping[str, str], kinds: Mapping[str, type]) -> dict[str, Any]:

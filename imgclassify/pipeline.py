@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from imgclassify.decode.decoder import Batch, Decoder
 from imgclassify.decode.imaging import DecodeOptions, preprocess
 from imgclassify.decode.loaders import open_batches
 from imgclassify.decode.loading import default_workers, resolve_batch_size
+from imgclassify.errors import ImageError
 from imgclassify.inference import InferenceBackend, create_backend
 from imgclassify.models.labels import Labels
 from imgclassify.models.plan import LabelSet, ModelPlan, plan_model
@@ -26,10 +28,13 @@ from imgclassify.options import ModelOptions
 from imgclassify.results.records import Candidate, Prediction
 from imgclassify.results.render import PROBABILITY_DECIMALS, Renderer, check_top_k
 from imgclassify.system.devices import Backend, Precision, resolve_device
+from imgclassify.system.storage import is_url
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+    from imgclassify.system.storage import Storage
 
 __all__ = ["PROBABILITY_DECIMALS", "Classifier", "load_classifier"]
 
@@ -91,7 +96,7 @@ class Classifier:
         )
 
     def renderer(self, top_k: int = 1, threshold: float | None = None) -> Renderer:
-        return Renderer(self.labels, top_k, threshold)
+        return Renderer(self.labels, top_k, threshold, multi_label=self.plan.multi_label)
 
     def check_top_k(self, top_k: int) -> None:
         check_top_k(top_k, self.num_classes)
@@ -124,12 +129,15 @@ class Classifier:
         top_k: int = 1,
         workers: int | None = None,
         threshold: float | None = None,
+        storage: Storage | None = None,
     ) -> Iterator[list[Prediction]]:
         """Classify files, yielding one list of records per batch, in input order.
 
         ``batch_size``: images per forward pass; None: the default for the device the model runs
         on (:func:`~imgclassify.decode.loading.default_batch_size`: 8 on the CPU, 64 on CUDA).
         ``threshold``: records whose top-1 probability is below it say ``confident=False``.
+        Paths may be URLs (``s3://bucket/key``, ``https://...``): ``storage`` reads them (None:
+        each filesystem's own configuration, :class:`~imgclassify.system.storage.Storage`).
         """
         renderer = self.renderer(top_k, threshold)
         batch_size = resolve_batch_size(batch_size, self.device)
@@ -139,7 +147,10 @@ class Classifier:
         if workers is None:
             workers = default_workers(len(names), batch_size, self.device.type, self.backend_kind)
         self.plan_batches(batch_size, len(names) // batch_size)
-        for batch in open_batches(names, self.decoder, self.device, batch_size=batch_size, workers=workers):
+        batches = open_batches(
+            names, self.decoder, self.device, batch_size=batch_size, workers=workers, storage=storage
+        )
+        for batch in batches:
             yield self.classify_batch(batch, names, renderer)
 
     def predict(self, paths: Iterable[str | os.PathLike[str]], **options: Any) -> Iterator[Prediction]:
@@ -180,6 +191,13 @@ class Classifier:
         else:
             label = str(getattr(source, "name", "<stream>"))
         renderer = self.renderer(top_k)
+        if isinstance(source, str) and is_url(source):  # s3://, https://: read, then decoded as bytes
+            from imgclassify.system.storage import Storage
+
+            try:
+                source = Storage().read(source)
+            except ImageError as exc:
+                return Prediction(label, error=str(exc))
         tensor, error = self.decoder.try_decode(source)
         if tensor is None:
             return Prediction(label, error=error)
@@ -194,20 +212,32 @@ class Classifier:
 
 def build_classifier(plan: ModelPlan) -> Classifier:
     """Load the model of ``plan`` (imports torch) and compose the stages."""
-    from imgclassify.models.architectures import build_with_state
-    from imgclassify.models.weights import read_state_dict
-
     options = plan.options
-    # OpenVINO (also int8) runs on the CPU: "auto" means the CPU there
-    on_openvino = options.backend is Backend.OPENVINO or options.precision is Precision.INT8
-    device = resolve_device("cpu" if on_openvino and options.device == "auto" else options.device)
-    net, num_classes = build_with_state(plan.spec, read_state_dict(plan.weights_path))
-    label_set = plan.label_set(num_classes)
+    # OpenVINO (also int8) and ONNX Runtime run on the CPU here: "auto" means the CPU there
+    on_cpu_runtime = options.backend is not Backend.TORCH or options.precision is Precision.INT8
+    device = resolve_device("cpu" if on_cpu_runtime and options.device == "auto" else options.device)
+    net, onnx_file, num_classes = build_net(plan)
     backend = create_backend(
         options.backend, net, preprocess=plan.preprocess, device=device, precision=options.precision,
-        model_name=plan.spec.name, weights_file=plan.weights_path,
+        model_name=plan.spec.name, weights_file=plan.weights_path, onnx_file=onnx_file,
+        multi_label=plan.multi_label,
     )  # fmt: skip
+    label_set = plan.label_set(num_classes)
     return Classifier(plan, Decoder(plan.preprocess, options.decode), backend, label_set)
+
+
+def build_net(plan: ModelPlan) -> tuple[Any, Path | None, int]:
+    """The torch module (or the ONNX file) and the class count of ``plan``'s model."""
+    from imgclassify.models.kinds import ModelKind, load
+
+    if plan.kind is ModelKind.REGISTRY:
+        from imgclassify.models.architectures import build_with_state
+        from imgclassify.models.weights import read_state_dict
+
+        net, num_classes = build_with_state(plan.spec, read_state_dict(plan.weights_path))
+        return net, None, num_classes
+    loaded = load(plan)
+    return loaded.net, loaded.onnx_file, loaded.num_classes
 
 
 def load_classifier(

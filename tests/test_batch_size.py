@@ -25,6 +25,7 @@ from imgclassify.decode.loading import DEFAULT_BATCH_SIZES, default_batch_size, 
 from imgclassify.errors import UsageError
 from imgclassify.pipeline import Classifier
 from imgclassify.run.engines.local import LocalEngine
+from imgclassify.run.settings import RunSettings
 from imgclassify.server.app import ServerConfig, UploadDecoding, create_app
 from imgclassify.server.asgi import config_to_env
 
@@ -102,9 +103,9 @@ def test_predict_resolves_the_batch_size_from_the_device_and_records_it(  # type
     asked: list[int | None] = []
     engine_batches = LocalEngine.batches
 
-    def spy(self: LocalEngine, paths: Sequence[str], *, batch_size: int | None, **options: Any) -> Any:
-        asked.append(batch_size)
-        return engine_batches(self, paths, batch_size=batch_size, **options)
+    def spy(self: LocalEngine, paths: Sequence[str], settings: RunSettings) -> Any:
+        asked.append(settings.batch_size)
+        return engine_batches(self, paths, settings)
 
     monkeypatch.setattr(LocalEngine, "batches", spy)
     out = tmp_path / "out.jsonl"
@@ -144,7 +145,10 @@ def test_python_api_and_engine_resolve_from_the_device(lite0, opened: list[tuple
     assert len(list(cuda.predict(PHOTOS[:10], batch_size=4, workers=0))) == 10
     engine = LocalEngine(lite0.plan)
     engine.classifier = cuda  # as start() leaves it
-    records = [r for batch in engine.batches(PHOTOS[:10], batch_size=None, top_k=1, workers=0) for r in batch]
+    settings = RunSettings.resolve(
+        batch_size=None, top_k=1, threshold=None, workers=0, device=engine.device, num_classes=1000
+    )
+    records = [r for batch in engine.batches(PHOTOS[:10], settings) for r in batch]
     assert len(records) == 10
     assert opened == [("cpu", 8), ("cpu", 5), ("cuda", 64), ("cuda", 4), ("cuda", 64)]
     assert cuda.cpu.sizes == [10, 4, 4, 2, 10]

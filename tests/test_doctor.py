@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import SAMPLES
 from imgclassify import doctor
 from imgclassify.cli import app
+from imgclassify.decode import resize
 from imgclassify.system.paths import cache_dir
 
 NAMES = [
@@ -57,6 +59,28 @@ def test_parity_check_fails_when_preprocessing_drifts(runner: CliRunner, monkeyp
     parity = report["checks"][-1]  # type: ignore[index]
     assert code == 1 and report["ok"] is False
     assert parity["status"] == "fail" and parity["detail"].endswith("FAIL")
+
+
+@pytest.mark.skipif(not resize.fast_kernels(), reason="torch's AVX2 uint8 kernels do not run here")
+def test_parity_check_covers_both_resizes() -> None:
+    """Pillow's resize (exact, limit 1e-5) on the small generated JPEG, torch's uint8 resize (limit
+    1 level) on the large one; a file is held to the limit of the resize it takes."""
+    check = doctor.check_parity()
+    assert check.status is doctor.Status.OK
+    small, large = check.detail.split("; on ")
+    assert "640x427 JPEG (Pillow's resize): max abs difference" in small and "(limit 1e-05)" in small
+    assert f"{doctor.LARGE_SAMPLE[0]}x{doctor.LARGE_SAMPLE[1]} JPEG (torch's uint8 resize): 1 level at most" in large
+    assert large.endswith("(limit 1 level): pass")
+
+
+@pytest.mark.skipif(not resize.fast_kernels(), reason="torch's AVX2 uint8 kernels do not run here")
+def test_parity_check_fails_when_torchs_resize_drifts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two levels off on the large image only: the Pillow half passes, the check fails."""
+    original = resize.resize
+    monkeypatch.setattr(resize, "resize", lambda *args, **kwargs: original(*args, **kwargs).clip(0, 253) + 2)
+    check = doctor.check_parity()
+    assert check.status is doctor.Status.FAIL and check.detail.endswith("FAIL")
+    assert re.search(r"\(torch's uint8 resize\): [23] levels at most", check.detail), check.detail
 
 
 def test_allocator_check_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -37,6 +38,7 @@ def test_manifest_beside_the_output(runner: CliRunner, tmp_path: Path) -> None:
         "name": "efficientnet_lite0",
         "family": "timm",
         "architecture": "tf_efficientnet_lite0",
+        "kind": "registry",
     }
     assert manifest["weights"]["source"] == "bundled" and manifest["weights"]["sha256"] == sha256(bundled)
     assert manifest["labels"]["source"] == "bundled ImageNet-1k" and manifest["labels"]["count"] == 1000
@@ -209,3 +211,72 @@ def test_server_info_has_the_same_provenance(lite0, tmp_path: Path, runner: CliR
     for key in ("model", "weights", "labels", "preprocessing", "device", "precision", "backend", "versions"):
         assert info[key] == manifest[key], key
     assert info["engine"] == {"name": "server"} and info["server"]["max_batch_size"] == 8
+
+
+def test_manifest_type_round_trips_what_a_run_wrote(runner: CliRunner, tmp_path: Path) -> None:
+    """The typed Manifest reads a run's JSON back to the same JSON, key for key and in order."""
+    from imgclassify.results.manifest import Manifest
+
+    out = tmp_path / "out.jsonl"
+    args = ["predict", *PHOTOS, *LITE0, "-k", "2", "--shard", "1/2", "--threshold", "0.3", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    data = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    manifest = Manifest.from_dict(data)
+    assert manifest.to_dict() == data and list(manifest.to_dict()) == list(data)
+    assert manifest.provenance is not None and manifest.provenance.model.name == "efficientnet_lite0"
+    assert manifest.run.shard == {"index": 1, "count": 2} and manifest.run.inputs == PHOTOS
+    assert manifest.counts is not None and manifest.counts.found_before_sharding == 2
+    assert manifest.differences(Manifest.from_dict(data)) == []
+
+
+def test_manifest_type_keeps_unknown_keys_and_reads_old_ones() -> None:
+    from imgclassify.results.manifest import Manifest, ManifestFormatError
+
+    old: dict[str, Any] = {
+        "imgclassify_manifest": 1, "imgclassify": "0.0.9", "status": "complete", "command": ["imgclassify"],
+        "started_at": "2026-01-01T00:00:00Z", "finished_at": None, "engine": {"name": "local"},
+        "run": {"top_k": 1, "threshold": None, "shard": None, "from_the_future": 1},
+        "model": {"name": "densenet121", "family": "torchvision", "architecture": "densenet121"},
+        "weights": {"source": "cache", "path": "w.pth", "sha256": "a" * 64},
+        # before parsed_sha256 existed, labels.sha256 held the hash of the parsed labels
+        "labels": {"source": "bundled ImageNet-1k", "path": None, "count": 1000, "sha256": "b" * 64},
+        "preprocessing": {"resize": 256, "crop": 224}, "precision": "fp32", "backend": "torch",
+        "counts": None, "a_new_section": {"x": 1},
+    }  # fmt: skip
+    manifest = Manifest.from_dict(old)
+    written = manifest.to_dict()
+    assert written["a_new_section"] == {"x": 1} and written["run"]["from_the_future"] == 1
+    assert manifest.provenance is not None and manifest.provenance.labels is not None
+    assert manifest.provenance.labels.resume_sha256() == "b" * 64
+    new = Manifest.from_dict({**old, "labels": {**old["labels"], "sha256": "c" * 64, "parsed_sha256": "b" * 64}})
+    assert manifest.differences(new) == []  # the same labels, whatever their file
+    other = Manifest.from_dict({**old, "precision": "bf16", "run": {**old["run"], "top_k": 3}})
+    assert manifest.differences(other) == ["precision: fp32 -> bf16", "top-k: 1 -> 3"]
+    with pytest.raises(ManifestFormatError, match="not an imgclassify run manifest"):
+        Manifest.from_dict({"status": "complete"})
+    with pytest.raises(ManifestFormatError, match="run should be a JSON object"):
+        Manifest.from_dict({**old, "run": [1]})
+
+
+def test_run_settings_resolved_once_for_the_device_and_the_model() -> None:
+    from imgclassify.errors import UsageError
+    from imgclassify.run.settings import RunSettings
+
+    settings = RunSettings.resolve(
+        batch_size=None, top_k=5, threshold=0.5, workers=None, device="cuda:0", num_classes=10
+    )
+    assert settings == RunSettings(batch_size=64, top_k=5, threshold=0.5, workers=None)
+    assert (
+        RunSettings.resolve(batch_size=3, top_k=1, threshold=None, workers=0, device="cpu", num_classes=2).batch_size
+        == 3
+    )
+    for bad, message in (
+        ({"top_k": 11}, "--top-k must be between 1 and 10"),
+        ({"top_k": 0}, "--top-k must be at least 1"),
+        ({"workers": -1}, "--workers must be 0 or more"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"threshold": 1.5}, "--threshold must be a probability"),
+    ):
+        asked = {"batch_size": None, "top_k": 1, "threshold": None, "workers": None, **bad}
+        with pytest.raises(UsageError, match=message):
+            RunSettings.resolve(**asked, device="cpu", num_classes=10)  # type: ignore[arg-type]

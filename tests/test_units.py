@@ -33,11 +33,13 @@ def test_recorded_paths_jsonl_truncates_a_cut_last_line(tmp_path: Path) -> None:
     assert out.read_text() == whole
 
 
-def test_recorded_paths_jsonl_stops_at_a_line_that_is_not_a_record(tmp_path: Path) -> None:
+def test_recorded_paths_jsonl_refuses_a_damaged_line_before_the_last(tmp_path: Path) -> None:
+    """Only a cut-short LAST line is dropped (the formats' one rule); records after a bad line are never cut away."""
     out = tmp_path / "out.jsonl"
     out.write_text('{"path": "a.jpg"}\nnot json\n{"path": "b.jpg"}\n')
-    assert recorded_paths(out, OutputFormat.JSONL) == ({"a.jpg"}, False)
-    assert out.read_text() == '{"path": "a.jpg"}\n'
+    with pytest.raises(UsageError, match="line 2 is not JSON"):
+        recorded_paths(out, OutputFormat.JSONL)
+    assert out.read_text() == '{"path": "a.jpg"}\nnot json\n{"path": "b.jpg"}\n'
 
 
 def test_recorded_paths_csv_quoted_newlines_and_cut_record(tmp_path: Path) -> None:

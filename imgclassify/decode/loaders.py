@@ -4,7 +4,9 @@
 :func:`open_batches` runs the chosen one. On CUDA with working nvJPEG, worker processes only
 read bytes and JPEGs are decoded on the GPU (:mod:`imgclassify.decode.gpu`); everywhere else
 the CPU loader of :mod:`imgclassify.decode.loading` decodes, pinning its batches for CUDA only.
-``IMGCLASSIFY_GPU_DECODE=0`` keeps CUDA runs on CPU decoding.
+``IMGCLASSIFY_GPU_DECODE=0`` keeps CUDA runs on CPU decoding. Inputs with URLs among them
+(``s3://``, ``https://``) are read ahead by threads of their own and decoded on the CPU
+(:mod:`imgclassify.decode.fetching`).
 
 Importing this module does not import torch.
 """
@@ -21,6 +23,8 @@ from imgclassify.decode.loading import iter_batches
 
 if TYPE_CHECKING:
     import torch
+
+    from imgclassify.system.storage import Storage
 
 GPU_DECODE_ENV = "IMGCLASSIFY_GPU_DECODE"
 
@@ -50,9 +54,31 @@ def pin_memory_for(device: torch.device) -> bool:
 
 
 def open_batches(
-    paths: Sequence[str], decoder: Decoder, device: torch.device, *, batch_size: int, workers: int
+    paths: Sequence[str],
+    decoder: Decoder,
+    device: torch.device,
+    *,
+    batch_size: int,
+    workers: int,
+    storage: Storage | None = None,
 ) -> Iterator[Batch]:
-    """Batches for ``paths`` from the loader :func:`choose_loader` picks for ``device``."""
+    """Batches for ``paths`` from the loader :func:`choose_loader` picks for ``device``.
+
+    With URLs among ``paths``: read by ``storage`` (None: each filesystem's own configuration)
+    ahead of the model, decoded by ``workers`` threads (0: as many as local files get).
+    """
+    from imgclassify.system.storage import is_url
+
+    if any(is_url(path) for path in paths):
+        from imgclassify.decode.fetching import iter_fetched_batches
+        from imgclassify.decode.loading import default_threads
+        from imgclassify.system.storage import Storage
+
+        threads = workers or default_threads(len(paths), batch_size, 0)
+        return iter_fetched_batches(
+            paths, decoder, storage or Storage(), batch_size=batch_size, threads=threads,
+            pin_memory=pin_memory_for(device),
+        )  # fmt: skip
     from imgclassify.decode.gpu import GpuBatchDecoder, gpu_decoding_available, iter_gpu_batches
 
     if choose_loader(device, nvjpeg_works=gpu_decoding_available) is LoaderKind.GPU_DECODE:

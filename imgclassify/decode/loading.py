@@ -94,25 +94,20 @@ def default_threads(num_images: int, batch_size: int, workers: int) -> int:
 
 def _threaded_batches(paths: Sequence[str], decoder: Decoder, batch_size: int, threads: int) -> Iterator[Batch]:
     """Batches in order, decoded by ``threads`` threads at most two batches ahead (memory stays bounded)."""
-    from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
 
-    window = 2 * batch_size + threads
+    from imgclassify.system.parallel import ordered_map
+
     dataset = FileDataset(paths, decoder)
-    pending: deque[Future[DecodedItem]] = deque()
-    submitted = 0
     pool = ThreadPoolExecutor(threads, thread_name_prefix="imgclassify-decode")
+    # the window keeps decoding going during the forward pass on the batch just yielded
+    decoded = ordered_map(dataset.__getitem__, range(len(paths)), executor=pool, window=2 * batch_size + threads)
     try:
-        for start in range(0, len(paths), batch_size):
-            while submitted < len(paths) and len(pending) < window:
-                pending.append(pool.submit(dataset.__getitem__, submitted))
-                submitted += 1
-            items = [pending.popleft().result() for _ in range(min(batch_size, len(paths) - start))]
-            while submitted < len(paths) and len(pending) < window:  # keep decoding during the forward pass
-                pending.append(pool.submit(dataset.__getitem__, submitted))
-                submitted += 1
+        while items := list(islice(decoded, batch_size)):
             yield collate(items)
     finally:
+        decoded.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -100,42 +100,41 @@ def batches_surviving_crashes(
     file that kills its process becomes an error record), then a new pool takes the rest.
     """
     from collections import deque
-    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
+    from functools import partial
+
+    from imgclassify.system.parallel import ordered_map
 
     ctx: Any = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    starts = deque(range(0, len(paths), batch_size))
-    in_flight: deque[tuple[int, Future[list[tuple[int, Any, str | None]]]]] = deque()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    starts = iter(range(0, len(paths), batch_size))  # batches no pool has taken yet, shared by every pool
+    decode = partial(_decode_chunk, decoder)
 
     def chunk(start: int) -> list[tuple[int, str]]:
         return [(i, paths[i]) for i in range(start, min(start + batch_size, len(paths)))]
 
-    def fill() -> None:
-        while starts and len(in_flight) < workers * PREFETCH:
-            start = starts.popleft()
-            in_flight.append((start, pool.submit(_decode_chunk, decoder, chunk(start))))
+    def taken(in_flight: deque[int]) -> Iterator[list[tuple[int, str]]]:
+        """The next batches' files, each batch's start noted in ``in_flight`` as a pool takes it."""
+        for start in starts:
+            in_flight.append(start)
+            yield chunk(start)
 
-    try:
-        fill()
-        while in_flight:
-            _, future = in_flight[0]
-            try:
-                decoded = future.result()
-            except BrokenProcessPool:
-                log.warning("a decode worker process died: decoding the files it may have held again, one process each")
-                pool.shutdown(wait=False, cancel_futures=True)
-                for suspect_start, _ in list(in_flight):
-                    items = [decode_isolated(decoder, i, path) for i, path in chunk(suspect_start)]
-                    batch = collate(items)
-                    yield batch.pin_memory() if pin_memory else batch
-                in_flight.clear()
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-                fill()
-                continue
-            in_flight.popleft()
-            fill()
-            batch = collate(_as_items(decoded))
-            yield batch.pin_memory() if pin_memory else batch
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    def ready(batch: Batch) -> Batch:
+        return batch.pin_memory() if pin_memory else batch
+
+    while True:
+        in_flight: deque[int] = deque()  # the batches this pool took and that are not yielded yet
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        decoded = ordered_map(decode, taken(in_flight), executor=pool, window=workers * PREFETCH)
+        try:
+            for items in decoded:
+                in_flight.popleft()
+                yield ready(collate(_as_items(items)))
+            return
+        except BrokenProcessPool:
+            log.warning("a decode worker process died: decoding the files it may have held again, one process each")
+        finally:
+            decoded.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+        for suspect_start in in_flight:
+            yield ready(collate([decode_isolated(decoder, i, path) for i, path in chunk(suspect_start)]))

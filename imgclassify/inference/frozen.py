@@ -21,6 +21,7 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from imgclassify.inference.normalize import scores
 from imgclassify.inference.torch_eager import TorchEagerBackend
 from imgclassify.system.devices import Precision
 
@@ -79,7 +80,7 @@ class FrozenGraphBackend:
             x = self.eager.normalize(batch)
             graph = self._graph_for(x)
             logits = self.eager.logits(x, graph)
-            return torch.softmax(logits.float(), dim=1).cpu()
+            return scores(logits, self.eager.multi_label)
 
     def _graph_for(self, x: torch.Tensor) -> Any:
         shape = tuple(x.shape)

@@ -1,4 +1,5 @@
-"""The one normalization every backend applies: uint8 NCHW -> float, minus mean, over std."""
+"""What every backend applies: the normalization before the model (uint8 NCHW -> float, minus mean,
+over std) and the scores after it (softmax, or sigmoid for a multi-label head)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ class Normalizer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def scores(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """float32 class scores on the CPU: softmax over the classes, or one sigmoid per class."""
+    import torch
+
+    x = logits.float()
+    return (torch.sigmoid(x) if multi_label else torch.softmax(x, dim=1)).cpu()

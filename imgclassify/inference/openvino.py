@@ -2,7 +2,7 @@
 
 The PyTorch model is converted once and cached on disk (keyed by model, input size, the
 weights' sha256 and the OpenVINO version), then compiled for the CPU at the requested
-precision. Normalization, softmax and records stay in the shared pipeline, so both backends
+precision. Normalization, scores (softmax or sigmoid) and records stay in the shared pipeline, so both backends
 give the same records. The compiled model does not pickle: a process that receives this
 backend compiles it again from the cache (or converts again) on first use.
 """
@@ -10,16 +10,16 @@ backend compiles it again from the cache (or converts again) on first use.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imgclassify.errors import DeviceError, UsageError
 from imgclassify.extras import install_hint
-from imgclassify.inference.normalize import Normalizer
+from imgclassify.inference.normalize import Normalizer, scores
 from imgclassify.system.devices import Precision
 from imgclassify.system.digests import sha256_file
+from imgclassify.system.fs import replaced_together
 from imgclassify.system.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -32,6 +32,14 @@ log = logging.getLogger("imgclassify")
 
 OPENVINO_HINT = f"the openvino backend needs OpenVINO (the openvino extra): {install_hint('openvino')}"
 _OV_PRECISION = {Precision.FP32: ("f32", "FP32"), Precision.BF16: ("bf16", "BF16"), Precision.FP16: ("f16", "FP16")}
+
+
+def save_model_pair(ov: Any, model: Any, xml: Path, **options: Any) -> None:
+    """``ov.save_model`` to ``xml`` and its ``.bin``, whole or not at all: the ``.bin`` is renamed
+    into place first and the ``.xml`` (the file the cache checks for) last, so a reader never
+    finds half a model, and an error or Ctrl-C while saving leaves no temporary behind."""
+    with replaced_together([xml.with_suffix(".bin"), xml], fsync=True) as (_bin, tmp_xml):
+        ov.save_model(model, tmp_xml, **options)  # its weights go to tmp_xml.with_suffix(".bin"): _bin
 
 
 def _openvino() -> Any:
@@ -54,6 +62,7 @@ class OpenVinoBackend:
         precision: Precision,
         model_name: str,
         weights_file: Path,
+        multi_label: bool = False,
     ) -> None:
         ov = _openvino()
         if device.type != "cpu":
@@ -68,6 +77,7 @@ class OpenVinoBackend:
             )
         self.model = model
         self.precision = precision
+        self.multi_label = multi_label
         self.model_name = model_name
         self.crop_size = preprocess.crop_size
         self.normalize = Normalizer(preprocess, device, channels_last=False)
@@ -109,11 +119,7 @@ class OpenVinoBackend:
                 self.model.to(memory_format=torch.contiguous_format), example_input=example,
                 input=[(-1, 3, self.crop_size, self.crop_size)],
             )  # fmt: skip
-        self.xml.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.xml.with_suffix(f".tmp{os.getpid()}.xml")
-        ov.save_model(converted, tmp)
-        os.replace(tmp.with_suffix(".bin"), self.xml.with_suffix(".bin"))
-        os.replace(tmp, self.xml)
+        save_model_pair(ov, converted, self.xml)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
@@ -122,4 +128,4 @@ class OpenVinoBackend:
         with torch.inference_mode():
             x = self.normalize(batch).contiguous()
             logits = torch.from_numpy(compiled(x.numpy())[0])
-            return torch.softmax(logits.float(), dim=1)
+            return scores(logits, self.multi_label)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +21,7 @@ from imgclassify.errors import DeviceError, UsageError
 from imgclassify.extras import install_hint
 from imgclassify.inference.calibration import CALIBRATION_SIZE, calibration_sha256, calibration_views
 from imgclassify.inference.normalize import Normalizer
-from imgclassify.inference.openvino import OpenVinoBackend, _openvino
+from imgclassify.inference.openvino import OpenVinoBackend, _openvino, save_model_pair
 from imgclassify.system.digests import sha256_file
 from imgclassify.system.paths import cache_dir
 
@@ -55,6 +54,7 @@ class OpenVinoInt8Backend(OpenVinoBackend):
         device: torch.device,
         model_name: str,
         weights_file: Path,
+        multi_label: bool = False,
     ) -> None:
         ov = _openvino()
         nncf = nncf_version()
@@ -66,6 +66,7 @@ class OpenVinoInt8Backend(OpenVinoBackend):
 
         self.model = model
         self.precision = Precision.INT8
+        self.multi_label = multi_label
         self.model_name = model_name
         self.crop_size = preprocess.crop_size
         self.preprocess = preprocess
@@ -115,8 +116,4 @@ class OpenVinoInt8Backend(OpenVinoBackend):
                 )  # fmt: skip
         finally:
             nncf_log.setLevel(level)
-        self.int8_xml.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.int8_xml.with_suffix(f".tmp{os.getpid()}.xml")
-        ov.save_model(quantized, tmp, compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), self.int8_xml.with_suffix(".bin"))
-        os.replace(tmp, self.int8_xml)
+        save_model_pair(ov, quantized, self.int8_xml, compress_to_fp16=False)

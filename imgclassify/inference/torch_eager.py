@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from imgclassify.inference.normalize import Normalizer
+from imgclassify.inference.normalize import Normalizer, scores
 from imgclassify.system.devices import Precision, autocast_dtype
 
 if TYPE_CHECKING:
@@ -18,11 +18,18 @@ class TorchEagerBackend:
     name = "torch"
 
     def __init__(
-        self, model: nn.Module, *, preprocess: PreprocessConfig, device: torch.device, precision: Precision
+        self,
+        model: nn.Module,
+        *,
+        preprocess: PreprocessConfig,
+        device: torch.device,
+        precision: Precision,
+        multi_label: bool = False,
     ) -> None:
         import torch
 
         self.precision = precision
+        self.multi_label = multi_label
         self.autocast = autocast_dtype(precision, device)
         #: NHWC: faster convolutions with oneDNN on the CPU and with cuDNN's tensor cores
         channels_last = device.type in ("cpu", "cuda")
@@ -54,4 +61,4 @@ class TorchEagerBackend:
         import torch
 
         with torch.inference_mode():
-            return torch.softmax(self.logits(self.normalize(batch)).float(), dim=1).cpu()
+            return scores(self.logits(self.normalize(batch)), self.multi_label)

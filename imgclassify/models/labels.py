@@ -1,7 +1,9 @@
-"""Class labels: index -> (wnid, name). Bundled ImageNet-1k labels, or a user's JSON file."""
+"""Class labels: index -> (wnid, name). A user's JSON file, the model's own names, the bundled
+ImageNet-1k labels, or ``class_N``."""
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclassify.errors import LabelsError
+from imgclassify.system.digests import sha256_file, sha256_json
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,43 @@ def check_count(labels: Labels, num_classes: int, source: str | Path | None) -> 
             f"labels file {source} has {len(labels)} labels but the model has "
             f"{num_classes} classes: pass a labels file with one label per class"
         )
+
+
+class LabelsSource(str, enum.Enum):
+    IMAGENET = "bundled ImageNet-1k"
+    FILE = "file"
+    #: the model's own class names (transformers' ``id2label``, timm's ``label_names``)
+    MODEL = "model"
+    GENERIC = "generic (class_0, class_1, ...)"
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    labels: Labels
+    source: LabelsSource
+    path: Path | None = None
+
+    @property
+    def parsed_sha256(self) -> str:
+        """sha256 of the labels as parsed (canonical JSON of [[wnid, name], ...]): same labels, same
+        hash, whatever file they came from (what ``--resume`` compares)."""
+        return sha256_json([[label.wnid, label.name] for label in self.labels])
+
+    @property
+    def file(self) -> Path | None:
+        """The file the labels were read from: ``--labels``, the model's config, the bundled ImageNet file, or none."""
+        if self.path is not None:
+            return self.path
+        if self.source is LabelsSource.IMAGENET:
+            return Path(str(resources.files("imgclassify") / "data" / "imagenet_labels.json"))
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        file = self.file
+        return {
+            "source": self.source.value,
+            "path": str(self.path) if self.path else None,
+            "count": len(self.labels),
+            "sha256": sha256_file(file) if file is not None else None,  # the file's, as sha256sum prints it
+            "parsed_sha256": self.parsed_sha256,
+        }

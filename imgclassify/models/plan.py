@@ -7,66 +7,23 @@ server's configuration) before paying for torch and the model. The plan pickles.
 
 from __future__ import annotations
 
-import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imgclassify.errors import WeightsUnavailableError
-from imgclassify.models.labels import Labels, generic_labels, imagenet_labels, load_labels
+from imgclassify.models.kinds import ModelKind, WeightsSource, parse_reference, resolve
+from imgclassify.models.labels import LabelSet, LabelsSource, generic_labels, imagenet_labels, load_labels
 from imgclassify.models.registry import DEFAULT_MODEL, FALLBACK_MODEL, ModelSpec, PreprocessConfig, get_spec
 from imgclassify.models.weights import resolve_weights
 from imgclassify.options import ModelOptions
-from imgclassify.system.digests import sha256_file, sha256_json
+from imgclassify.system.devices import Backend
+from imgclassify.system.digests import sha256_file
+
+__all__ = ["LabelSet", "LabelsSource", "ModelKind", "ModelPlan", "WeightsSource", "plan_model"]
 
 log = logging.getLogger("imgclassify")
-
-
-class WeightsSource(str, enum.Enum):
-    BUNDLED = "bundled"  # a Python package that ships the file (efficientnet_lite0)
-    CACHE = "cache"  # the torch hub cache (downloaded once, or placed there)
-    FILE = "file"  # --weights FILE
-
-
-class LabelsSource(str, enum.Enum):
-    IMAGENET = "bundled ImageNet-1k"
-    FILE = "file"
-    GENERIC = "generic (class_0, class_1, ...)"
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    labels: Labels
-    source: LabelsSource
-    path: Path | None = None
-
-    @property
-    def parsed_sha256(self) -> str:
-        """sha256 of the labels as parsed (canonical JSON of [[wnid, name], ...]): same labels, same
-        hash, whatever file they came from (what ``--resume`` compares)."""
-        return sha256_json([[label.wnid, label.name] for label in self.labels])
-
-    @property
-    def file(self) -> Path | None:
-        """The file the labels were read from: ``--labels``, the bundled ImageNet file, or none."""
-        if self.path is not None:
-            return self.path
-        if self.source is LabelsSource.IMAGENET:
-            from importlib import resources
-
-            return Path(str(resources.files("imgclassify") / "data" / "imagenet_labels.json"))
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        file = self.file
-        return {
-            "source": self.source.value,
-            "path": str(self.path) if self.path else None,
-            "count": len(self.labels),
-            "sha256": sha256_file(file) if file is not None else None,  # the file's, as sha256sum prints it
-            "parsed_sha256": self.parsed_sha256,
-        }
 
 
 @dataclass(frozen=True)
@@ -79,10 +36,27 @@ class ModelPlan:
     weights_source: WeightsSource
     #: parsed ``--labels`` file (None: decided by the model's class count once loaded)
     labels_file: LabelSet | None = None
+    kind: ModelKind = ModelKind.REGISTRY
+    #: where the model came from (repo, revision, path, name), for the manifest
+    source: dict[str, Any] = field(default_factory=dict)
+    #: every other file the model is loaded from (config.json, ...), hashed in the manifest
+    files: tuple[Path, ...] = ()
+    #: the model's own class names (its config's id2label or label_names)
+    model_labels: LabelSet | None = None
+    #: the model's config says multi-label (``--multi-label`` also turns it on)
+    model_multi_label: bool = False
+    #: what the model's kind needs to build it (see :mod:`imgclassify.models.kinds`)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return self.spec.preprocess
+        """The model's own preprocessing with ``--resize``/``--crop``/``--interpolation``/``--mean``/``--std`` applied."""
+        return self.options.preprocess_overrides(self.spec.preprocess)
+
+    @property
+    def multi_label(self) -> bool:
+        asked = self.options.multi_label
+        return self.model_multi_label if asked is None else asked
 
     @property
     def weights_sha256(self) -> str:
@@ -95,6 +69,8 @@ class ModelPlan:
         if self.labels_file is not None:
             check_count(self.labels_file.labels, num_classes, self.labels_file.path)
             return self.labels_file
+        if self.model_labels is not None and len(self.model_labels.labels) == num_classes:
+            return self.model_labels
         if num_classes == 1000:
             return LabelSet(imagenet_labels(), LabelsSource.IMAGENET)
         return LabelSet(generic_labels(num_classes), LabelsSource.GENERIC)
@@ -103,7 +79,9 @@ class ModelPlan:
         """The labels, when known before loading (not for a ``--weights`` file without ``--labels``)."""
         if self.labels_file is not None:
             return self.labels_file
-        if self.weights_source is WeightsSource.FILE:
+        if self.model_labels is not None:
+            return self.model_labels
+        if self.weights_source is WeightsSource.FILE or self.spec.num_classes <= 0:
             return None  # the class count comes from the checkpoint
         return self.label_set(self.spec.num_classes)
 
@@ -115,6 +93,10 @@ class ModelPlan:
             "sha256": self.weights_sha256,
         }
 
+    def describe_files(self) -> list[dict[str, str]]:
+        """Every file the model is loaded from besides the weights, with its sha256."""
+        return [{"path": str(path), "sha256": sha256_file(path)} for path in self.files]
+
 
 def plan_model(options: ModelOptions, *, progress: bool = False) -> ModelPlan:
     """Resolve ``options`` to a :class:`ModelPlan`; no torch import (downloads when allowed).
@@ -123,6 +105,17 @@ def plan_model(options: ModelOptions, *, progress: bool = False) -> ModelPlan:
     bundled EfficientNet-Lite0 with one warning. A model named explicitly never falls back.
     """
     labels = LabelSet(load_labels(options.labels), LabelsSource.FILE, options.labels) if options.labels else None
+    if options.model is not None:
+        ref = parse_reference(options.model)
+        if ref.scheme != "registry":
+            found = resolve(ref, options, progress=progress)
+            if found.kind is ModelKind.ONNX and options.backend is Backend.TORCH:
+                options = options.replace(backend=Backend.ONNXRUNTIME)  # an ONNX file runs on ONNX Runtime
+            return ModelPlan(
+                options, found.spec, found.weights_path, found.weights_source, labels, kind=found.kind,
+                source=found.source, files=found.files, model_labels=found.model_labels,
+                model_multi_label=found.multi_label, extra=found.extra,
+            )  # fmt: skip
     spec = get_spec(options.model or DEFAULT_MODEL)
     if options.weights is not None:
         return ModelPlan(options, spec, options.weights, WeightsSource.FILE, labels)

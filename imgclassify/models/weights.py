@@ -7,10 +7,8 @@ needs arbitrary unpickling is refused, never executed.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from imgclassify.errors import CheckpointError, WeightsUnavailableError
 from imgclassify.models.registry import FALLBACK_MODEL, ModelSpec
 from imgclassify.system.digests import sha256_file
+from imgclassify.system.fs import replaced_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -39,12 +38,11 @@ def _fixes(spec: ModelSpec, path: Path, reason: str) -> str:
 
 
 def download(url: str, dest: Path, *, progress: bool, timeout: float = 30.0) -> None:
-    """Download ``url`` to ``dest`` atomically, checking the hash prefix in its file name."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Download ``url`` to ``dest`` atomically, checking the hash prefix in its file name: a
+    download cut short or with the wrong sha256 leaves nothing at ``dest`` (nor a temporary)."""
     match = _HASH_PREFIX.search(dest.name)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with replaced_atomically(dest, fsync=True) as tmp:
+        with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             from tqdm import tqdm
 
@@ -55,12 +53,8 @@ def download(url: str, dest: Path, *, progress: bool, timeout: float = 30.0) -> 
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))
-        if match and not sha256_file(tmp_name).startswith(match.group(1)):
+        if match and not sha256_file(tmp).startswith(match.group(1)):  # checked before the rename
             raise WeightsUnavailableError(f"downloaded {url} but its sha256 does not match; try again")
-        os.replace(tmp_name, dest)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 def download_failure(exc: BaseException) -> str:
@@ -118,6 +112,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     import torch
 
+    if str(path).endswith(".safetensors"):
+        return _read_safetensors(Path(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols are noise to users
@@ -140,6 +136,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file: tensors only by design (no code runs), ``module.`` prefixes stripped."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading .safetensors needs the safetensors package: pip install safetensors"
+        ) from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError (and OSError)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {path} as a safetensors file: {first[:300]}") from None
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors")
+    if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 

@@ -23,6 +23,13 @@ class Candidate:
             "probability": self.probability,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        """The inverse of :meth:`to_dict` (a ``top_k`` entry, or a record's best class)."""
+        return cls(
+            int(data["class_id"]), data.get("wnid"), str(data.get("class_name") or ""), float(data["probability"])
+        )
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -73,3 +80,24 @@ class Prediction:
         record["error"] = self.error
         record["confident"] = self.confident
         return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Prediction:
+        """A record read back from an output file (what the formats' readers yield), as the writers take it.
+
+        The inverse of :meth:`to_dict`: the candidates from ``top_k``, else the best class alone.
+        """
+        top = record.get("top_k")
+        if isinstance(top, list) and top:
+            candidates = tuple(Candidate.from_dict(c) for c in top)
+        elif record.get("class_id") is not None:
+            candidates = (Candidate.from_dict(record),)
+        else:
+            candidates = ()
+        confident = record.get("confident")
+        return cls(
+            path=record["path"],
+            top=candidates,
+            error=record.get("error"),
+            confident=confident if isinstance(confident, bool) else None,
+        )

@@ -54,15 +54,35 @@ class Renderer:
     top_k: int = 1
     #: a record whose top-1 probability is below this says ``confident: false`` (None: no judgement)
     threshold: float | None = None
+    #: sigmoid scores: with a threshold, every class at or above it is a candidate (at least the best)
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         check_top_k(self.top_k, len(self.labels))
         check_threshold(self.threshold)
 
+    @property
+    def lists_candidates(self) -> bool:
+        """Records carry a ``top_k`` list: k > 1, or multi-label classes above a threshold."""
+        return self.top_k > 1 or (self.multi_label and self.threshold is not None)
+
     def candidates(self, probs: torch.Tensor) -> list[tuple[Candidate, ...]]:
-        """One tuple of ``top_k`` candidates per row of ``probs``, best first."""
-        values, indices = probs.topk(min(self.top_k, len(self.labels)), dim=1)
+        """One tuple of candidates per row of ``probs``, best first: the ``top_k`` best, or for a
+        multi-label head with a threshold, every class at or above it (at least the best, at least k)."""
         labels = self.labels
+        if self.multi_label and self.threshold is not None:
+            above = (probs >= self.threshold).sum(dim=1)
+            k = int(max(int(above.max()) if len(above) else 0, self.top_k))
+            values, indices = probs.topk(min(k, len(labels)), dim=1)
+            keep = [max(int(n), self.top_k) for n in above.tolist()]
+            return [
+                tuple(
+                    Candidate(i, labels[i].wnid, labels[i].name, round(v, PROBABILITY_DECIMALS))
+                    for v, i in zip(vals[:n], idxs[:n], strict=True)
+                )
+                for vals, idxs, n in zip(values.tolist(), indices.tolist(), keep, strict=True)
+            ]
+        values, indices = probs.topk(min(self.top_k, len(labels)), dim=1)
         return [
             tuple(
                 Candidate(i, labels[i].wnid, labels[i].name, round(v, PROBABILITY_DECIMALS))

@@ -13,14 +13,12 @@ Everything from the data is embedded as JSON inside ``<script type="application/
 from __future__ import annotations
 
 import base64
-import csv
-import enum
 import html
 import io
 import json
 import math
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,26 +27,22 @@ from typing import Any
 
 from imgclassify.decode.imaging import DecodeOptions, open_image
 from imgclassify.errors import ImageError, UsageError
-from imgclassify.results.formats import SUFFIX_FORMATS, OutputFormat, csv_text
+from imgclassify.results.formats import OutputFormat, csv_text
+from imgclassify.results.formats import ResultsFormatError as ResultsFormatError
+from imgclassify.results.formats import ResultsNotFoundError as ResultsNotFoundError
+from imgclassify.results.formats import detect_format as detect_format
+from imgclassify.results.formats import read_records as read_records
 from imgclassify.system.fs import replaced_atomically
-
-
-class ResultsNotFoundError(UsageError):
-    """The results file given to ``report`` does not exist."""
-
-
-class ResultsFormatError(UsageError):
-    """The results file is in no format the report can read, or is malformed."""
 
 
 class ManifestError(UsageError):
     """``--manifest FILE`` does not exist or is not JSON."""
 
 
-class ResultsFormat(str, enum.Enum):
-    JSON = "json"
-    JSONL = "jsonl"
-    CSV = "csv"
+# The readers (``read_records``), their errors and ``detect_format`` live with the formats' table,
+# imported above for the callers of this module; ResultsFormat is the one format enum under its old
+# name here (``report`` reads the readable formats).
+ResultsFormat = OutputFormat
 
 
 DEFAULT_THUMBNAIL_SIZE = 160
@@ -57,143 +51,6 @@ TEMPLATE = "report.html"
 _THUMBS_MARK = "__IMGCLASSIFY_THUMBS__"
 _DATA_MARK = "__IMGCLASSIFY_DATA__"
 _TITLE_MARK = "__IMGCLASSIFY_TITLE__"
-
-
-def detect_format(path: Path) -> ResultsFormat:
-    """The format from the suffix (``.json``, ``.jsonl``/``.ndjson``, ``.csv``), else sniffed from the content."""
-    by_suffix = SUFFIX_FORMATS.get(path.suffix.lower())
-    if by_suffix is not None and by_suffix is not OutputFormat.TABLE:
-        return ResultsFormat(by_suffix.value)
-    with open(path, encoding="utf-8", errors="replace") as stream:
-        head = stream.read(4096)
-    text = head.lstrip("\ufeff \t\r\n")
-    if text.startswith("["):
-        return ResultsFormat.JSON
-    if text.startswith("{"):
-        return ResultsFormat.JSONL
-    first_line = text.split("\n", 1)[0]
-    if "path" in next(csv.reader([first_line]), []):
-        return ResultsFormat.CSV
-    raise ResultsFormatError(
-        f"{path}: unknown results format (not a JSON array, JSON Lines or CSV with a 'path' column); "
-        "name the file .json, .jsonl or .csv, or pass --format json|jsonl|csv"
-    )
-
-
-def _check_record(obj: Any, where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("path"), str):
-        raise ResultsFormatError(f"{where}: not a result record (a JSON object with a 'path' string)")
-    return obj
-
-
-def _read_json(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            data = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultsFormatError(
-            f"{path}: not valid JSON ({exc}); if it holds one record per line, name it .jsonl or pass --format jsonl"
-        ) from None
-    if not isinstance(data, list):
-        raise ResultsFormatError(f"{path}: a JSON results file holds an array of records; this one holds no array")
-    for number, obj in enumerate(data, 1):
-        yield _check_record(obj, f"{path}: record {number}")
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8", errors="surrogateescape") as stream:
-        lines = iter(enumerate(stream, 1))
-        pending: tuple[int, str] | None = None
-        for number, line in lines:
-            if pending is not None:  # a bad line that turned out not to be the last one
-                raise ResultsFormatError(f"{path}: line {pending[0]} is not JSON ({pending[1]})")
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                # a run killed mid-write may leave one cut-short last line: skip that one only
-                pending = (number, str(exc))
-                continue
-            yield _check_record(obj, f"{path}: line {number}")
-
-
-def _cell(row: dict[str, str | None], name: str) -> str | None:
-    value = row.get(name)
-    return value if value not in (None, "") else None
-
-
-def _int(value: str | None, where: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ResultsFormatError(f"{where}: {value!r} is not a class id (an integer)") from None
-
-
-def _float(value: str | None, where: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ResultsFormatError(f"{where}: {value!r} is not a probability (a number)") from None
-
-
-def _bool(value: str | None) -> bool | None:
-    if value is None:
-        return None
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    return None
-
-
-def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as stream:
-        reader = csv.DictReader(stream)
-        if "path" not in (reader.fieldnames or []):
-            raise ResultsFormatError(f"{path}: the CSV header has no 'path' column (expected path,class_id,...)")
-        for row in reader:
-            where = f"{path}: line {reader.line_num}"
-            record: dict[str, Any] = {
-                "path": row.get("path") or "",
-                "class_id": _int(_cell(row, "class_id"), where),
-                "wnid": _cell(row, "wnid"),
-                "class_name": _cell(row, "class_name"),
-                "probability": _float(_cell(row, "probability"), where),
-                "error": _cell(row, "error"),
-            }
-            top = _cell(row, "top_k")
-            if top is not None:
-                try:
-                    record["top_k"] = json.loads(top)
-                except json.JSONDecodeError:
-                    raise ResultsFormatError(f"{where}: the top_k cell is not a JSON list") from None
-            if "confident" in row:
-                record["confident"] = _bool(_cell(row, "confident"))
-            yield record
-
-
-def read_records(path: Path, fmt: ResultsFormat | None = None) -> Iterator[dict[str, Any]]:
-    """Records from a results file of any output format: dicts with the README's fields.
-
-    CSV columns are read by header name (extra columns ignored, missing ones null; ``top_k``
-    parsed from its JSON cell, empty cells null). A JSONL file's cut-short last line is skipped.
-    """
-    if not path.is_file():
-        raise ResultsNotFoundError(
-            f"results file {path} not found; pass the file a run wrote with `imgclassify predict ... -o FILE`"
-        )
-    fmt = fmt or detect_format(path)
-    if fmt is ResultsFormat.JSON:
-        return _read_json(path)
-    if fmt is ResultsFormat.CSV:
-        return _read_csv(path)
-    return _read_jsonl(path)
 
 
 def default_manifest(results: Path) -> Path | None:
@@ -384,16 +241,18 @@ def _thumbnails(paths: Iterable[str], size: int, workers: int) -> Iterator[tuple
         for chunk in chunks:
             yield from _thumbnail_chunk(chunk, size)
         return
-    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from imgclassify.system.parallel import ordered_map
 
     with ProcessPoolExecutor(workers) as pool:
-        window: deque[Future[list[tuple[str | None, str | None]]]] = deque()
-        for chunk in chunks:
-            window.append(pool.submit(_thumbnail_chunk, chunk, size))
-            if len(window) >= 4 * workers:
-                yield from window.popleft().result()
-        while window:
-            yield from window.popleft().result()
+        made = ordered_map(partial(_thumbnail_chunk, size=size), chunks, executor=pool, window=4 * workers)
+        try:
+            for thumbs in made:
+                yield from thumbs
+        finally:
+            made.close()  # cancels the chunks not started, so the pool's shutdown waits for no more
 
 
 def _chunks(paths: Iterable[str]) -> Iterator[list[str]]:
@@ -414,7 +273,7 @@ def write_report(
     manifest: Path | None = None,
     thumbnails: bool = True,
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
-    results_format: ResultsFormat | None = None,
+    results_format: OutputFormat | None = None,
     base_dir: Path | None = None,
     title: str | None = None,
     workers: int | None = None,

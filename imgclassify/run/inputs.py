@@ -2,6 +2,11 @@
 
 Order is deterministic: inputs in the order given, each directory or glob in natural sort
 order ("img2" before "img10"). A path reached twice is kept once, at its first place.
+
+URLs follow the same rules (:mod:`imgclassify.system.storage`): an object-store prefix
+(``s3://bucket/photos/``) is walked like a directory, a pattern (``s3://bucket/p/*.jpg``) is
+globbed, a key is kept as named; an ``http(s)://`` URL is kept as given (it is read, and a 404
+reported, when it is classified). Each keeps its URL as its path.
 """
 
 from __future__ import annotations
@@ -12,7 +17,12 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+from imgclassify.system.storage import GLOB_CHARS, is_http, is_url
+
+if TYPE_CHECKING:
+    from imgclassify.system.storage import Storage
 
 log = logging.getLogger("imgclassify")
 
@@ -73,6 +83,17 @@ def _walk(directory: str) -> Iterator[str]:
     return iter(found)
 
 
+def _relative_order(paths: Iterable[str], base: str) -> list[str]:
+    """``paths`` below ``base`` (URLs, ``/``-separated) in natural order of their parts below it."""
+    prefix = base.rstrip("/") + "/"
+
+    def key(path: str) -> tuple[tuple[tuple[int, int | str], ...], ...]:
+        relative = path[len(prefix) :] if path.startswith(prefix) else path
+        return tuple(natural_key(part) for part in relative.split("/"))
+
+    return sorted(paths, key=key)
+
+
 def read_path_list(stream: TextIO) -> Iterator[str]:
     """Paths from a stream, one per line; blank lines ignored, line endings stripped."""
     for line in stream:
@@ -81,19 +102,46 @@ def read_path_list(stream: TextIO) -> Iterator[str]:
             yield line
 
 
-def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> ExpandedInputs:
+def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None, storage: Storage | None = None) -> ExpandedInputs:
     """Turn user inputs into image paths.
 
     Each input is an existing file (always kept), a directory (walked recursively, only files
     with an image ending kept), a glob pattern (``**`` spans directories), or ``-`` for a list
-    of paths on ``stdin``, which are expanded by the same rules.
+    of paths on ``stdin``, which are expanded by the same rules; or a URL, by the same rules
+    again (``storage`` lists object stores: its options; None: each filesystem's own configuration).
     """
     result = ExpandedInputs()
     seen: set[str] = set()
     skipped: set[str] = set()
 
     def key_of(path: str) -> str:
+        if is_url(path):
+            return path  # object keys are case-sensitive, and no URL is relative
         return os.path.normcase(os.path.abspath(path))
+
+    def expand_url(item: str) -> None:
+        nonlocal storage
+        if is_http(item):
+            add(item)  # read when classified: a 404 is this input's error record
+            return
+        if storage is None:
+            from imgclassify.system.storage import Storage
+
+            storage = Storage()
+        if GLOB_CHARS.search(item):
+            matches = sorted(storage.glob(item), key=lambda match: natural_key(match[0]))
+            if not matches:
+                result.empty_globs.append(item)
+            for match, is_prefix in matches:
+                add_candidates(_relative_order(storage.walk(match), match) if is_prefix else [match])
+        elif storage.isfile(item):
+            add(item)
+        elif storage.isdir(item):
+            add_candidates(_relative_order(storage.walk(item), item))
+        else:
+            if key_of(item) not in seen:
+                result.missing.append(item)
+            add(item)  # reported as a per-object error ("object not found"), the run goes on
 
     def add(path: str) -> None:
         key = key_of(path)
@@ -117,6 +165,8 @@ def expand_inputs(inputs: Iterable[str], stdin: TextIO | None = None) -> Expande
                 raise ValueError("'-' given but no stdin stream")
             for line in read_path_list(stdin):
                 expand_one(line)
+        elif is_url(item):
+            expand_url(item)
         elif os.path.isdir(item):
             add_candidates(_walk(item))
         elif os.path.lexists(item):

@@ -15,6 +15,7 @@ when complete, then the merged manifest is written beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import os
 import re
@@ -24,26 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from imgclassify.errors import UsageError
-from imgclassify.results.formats import SUFFIX_FORMATS, OutputFormat, make_writer
-from imgclassify.results.manifest import (
-    MANIFEST_FORMAT,
-    command_line,
-    manifest_path_for,
-    read_manifest,
-    resume_differences,
-    utc_now,
-    write_json_atomic,
-)
-from imgclassify.results.records import Candidate, Prediction
-from imgclassify.results.report import ResultsFormat, detect_format, read_records
+from imgclassify.results.formats import OutputFormat, detect_format, format_for_suffix, make_writer, read_records
+from imgclassify.results.manifest import Counts, Manifest, Provenance, RunInfo, command_line, manifest_path_for, utc_now
+from imgclassify.results.records import Prediction
 from imgclassify.run.inputs import natural_key
 from imgclassify.run.shards import Shard
 from imgclassify.system.fs import replaced_atomically
 
 _WRITE_BATCH = 256
 _SEPARATORS = re.compile(r"[/\\]" if os.sep == "\\" else "/")
-#: the model and options copied from the shards into the merged manifest
-_PROVENANCE = ("model", "weights", "labels", "preprocessing", "precision", "backend", "versions")
 _NOT_COMPLETE = {
     "running": "still running, or its process was killed (status running)",
     "interrupted": "interrupted (status interrupted)",
@@ -67,19 +57,15 @@ class ShardOutput:
 
     path: Path
     manifest_path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     shard: Shard
-    fmt: ResultsFormat
+    fmt: OutputFormat
     records: int = 0
     in_order: bool = True
 
-    def run(self, key: str) -> Any:
-        run = self.manifest.get("run")
-        return run.get(key) if isinstance(run, dict) else None
-
     def count(self, key: str) -> Any:
-        counts = self.manifest.get("counts")
-        return counts.get(key) if isinstance(counts, dict) else None
+        counts = self.manifest.counts
+        return getattr(counts, key) if counts is not None else None
 
     def name(self) -> str:
         return f"{self.path} (shard {self.shard})"
@@ -104,9 +90,13 @@ class MergeSummary:
 
 
 def output_format_for(output: Path) -> OutputFormat:
-    fmt = SUFFIX_FORMATS.get(output.suffix.lower())
-    if fmt is None:
-        raise UsageError(f"merge: cannot tell the format of {output}; name it .jsonl, .json or .csv")
+    """The format ``output``'s suffix names (any that ``merge`` reads, so its output can be merged again)."""
+    fmt = format_for_suffix(output)
+    if fmt is None or not fmt.record_format.readable:
+        readable = [f.record_format.suffixes[0] for f in OutputFormat if f.record_format.readable]
+        names = ", ".join(readable[:-1]) + " or " + readable[-1]
+        raise UsageError(f"merge: cannot tell the format of {output}; name it {names}")
+    fmt.record_format.require()
     return fmt
 
 
@@ -117,14 +107,13 @@ def load_shard(path: Path) -> ShardOutput:
             f"shard output {path} not found; pass the files written by `imgclassify predict --shard K/N -o FILE`"
         )
     manifest_path = manifest_path_for(path)
-    manifest = read_manifest(manifest_path)
+    manifest = Manifest.read(manifest_path)
     if manifest is None:
         raise MergeError(
             f"{path} has no manifest ({manifest_path.name} beside it): merge checks each shard's manifest, "
             "so keep it next to the output the shard's run wrote"
         )
-    run = manifest.get("run")
-    shard = Shard.from_manifest(run.get("shard") if isinstance(run, dict) else None)
+    shard = Shard.from_manifest(manifest.run.shard)
     if shard is None:
         raise MergeError(
             f"{path} was not written by a run with --shard (its manifest has no run.shard): nothing to merge"
@@ -134,11 +123,9 @@ def load_shard(path: Path) -> ShardOutput:
 
 def differences(reference: ShardOutput, other: ShardOutput) -> list[str]:
     """How ``other``'s run differs from ``reference``'s, beyond being another shard."""
-    ref_run = reference.manifest.get("run") or {}
-    other_manifest = {**other.manifest, "run": {**(other.manifest.get("run") or {}), "shard": ref_run.get("shard")}}
-    found = resume_differences(reference.manifest, other_manifest)
+    found = reference.manifest.differences(other.manifest, compare_shard=False)
     for label, before, after in (
-        ("inputs", reference.run("inputs"), other.run("inputs")),
+        ("inputs", reference.manifest.run.inputs, other.manifest.run.inputs),
         ("found before sharding", reference.count("found_before_sharding"), other.count("found_before_sharding")),
     ):
         if before != after:
@@ -178,7 +165,7 @@ def check_shards(shards: Sequence[ShardOutput]) -> list[ShardOutput]:
             f"shard {names} missing (given: {given} of {count}); pass the output of every `--shard K/{count}` run"
         )
     for item in ordered:
-        status = item.manifest.get("status")
+        status = item.manifest.status
         if status != "complete":
             why = _NOT_COMPLETE.get(str(status), f"not complete (status {status})")
             raise MergeError(
@@ -208,28 +195,6 @@ def _scan(item: ShardOutput) -> None:
 def _keyed(item: ShardOutput) -> Iterator[tuple[tuple[Any, str], ShardOutput, dict[str, Any]]]:
     for record in read_records(item.path, item.fmt):
         yield merge_key(record["path"]), item, record
-
-
-def to_prediction(record: dict[str, Any]) -> Prediction:
-    """A record read back from an output file, as the writers take it."""
-    top = record.get("top_k")
-    if isinstance(top, list) and top:
-        candidates = tuple(
-            Candidate(int(c["class_id"]), c.get("wnid"), str(c.get("class_name") or ""), float(c["probability"]))
-            for c in top
-        )
-    elif record.get("class_id") is not None:
-        candidates = (
-            Candidate(
-                int(record["class_id"]),
-                record.get("wnid"),
-                str(record.get("class_name") or ""),
-                float(record["probability"]),
-            ),
-        )
-    else:
-        candidates = ()
-    return Prediction(path=record["path"], top=candidates, error=record.get("error"))
 
 
 def _ordered_records(
@@ -274,12 +239,15 @@ def merge_shards(output: Path, shard_paths: Sequence[Path], *, command: list[str
     manifest_path = manifest_path_for(output)
     summary = MergeSummary(output=output, manifest=manifest_path, shards=len(ordered))
     reference = ordered[0]
-    top_k = int(reference.run("top_k") or 1)
+    top_k = int(reference.manifest.run.top_k or 1)
     with (
         replaced_atomically(output, temp_suffix=".part") as part,
         open(part, "w", encoding="utf-8", newline="") as stream,
     ):
-        writer = make_writer(fmt, stream, top_k=top_k, model_name=str(reference.manifest["model"]["name"]))
+        writer = make_writer(
+            fmt, stream, top_k=top_k, model_name=str(_model_name(reference.manifest)),
+            manifest=lambda: merged_manifest(ordered, output, fmt, summary, command or command_line()).to_dict(),
+        )  # fmt: skip
         previous: tuple[str, ShardOutput] | None = None
         batch: list[Prediction] = []
         for _key, item, record in _ordered_records(ordered, summary):
@@ -290,7 +258,7 @@ def merge_shards(output: Path, shard_paths: Sequence[Path], *, command: list[str
                     "were the shards run on different lists of inputs?"
                 )
             previous = (path, item)
-            prediction = to_prediction(record)
+            prediction = Prediction.from_dict(record)
             batch.append(prediction)
             summary.records += 1
             if prediction.error is None:
@@ -302,59 +270,61 @@ def merge_shards(output: Path, shard_paths: Sequence[Path], *, command: list[str
                 batch = []
         writer.write(batch)
         writer.close()
-    write_json_atomic(manifest_path, merged_manifest(ordered, output, fmt, summary, command or command_line()))
+    merged_manifest(ordered, output, fmt, summary, command or command_line()).write(manifest_path)
     return summary
+
+
+def _model_name(manifest: Manifest) -> str | None:
+    return manifest.provenance.model.name if manifest.provenance is not None else None
 
 
 def merged_manifest(
     ordered: Sequence[ShardOutput], output: Path, fmt: OutputFormat, summary: MergeSummary, command: list[str]
-) -> dict[str, Any]:
+) -> Manifest:
     """The merged output's manifest: the shards' common provenance, the shards themselves, summed counts."""
     from imgclassify import __version__
 
     reference = ordered[0].manifest
-    devices = sorted({str(item.manifest.get("device")) for item in ordered})
-    started = sorted(str(item.manifest.get("started_at")) for item in ordered)
-    data: dict[str, Any] = {
-        "imgclassify_manifest": MANIFEST_FORMAT,
-        "imgclassify": __version__,
-        "status": "complete",
-        "command": command,
-        "started_at": started[0],
-        "finished_at": utc_now(),
-        "engine": {
+    devices = sorted({str(item.manifest.provenance.device if item.manifest.provenance else None) for item in ordered})
+    started = sorted(str(item.manifest.started_at) for item in ordered)
+    provenance = dataclasses.replace(reference.provenance or Provenance(), device=", ".join(devices))
+    return Manifest(
+        imgclassify=__version__,
+        status="complete",
+        command=command,
+        started_at=started[0],
+        finished_at=utc_now(),
+        engine={
             "name": "merged",
             "shards": [
                 {
                     "shard": item.shard.describe(),
                     "output": str(item.path),
                     "manifest": str(item.manifest_path),
-                    "started_at": item.manifest.get("started_at"),
-                    "finished_at": item.manifest.get("finished_at"),
-                    "engine": item.manifest.get("engine"),
-                    "host": item.manifest.get("host"),
+                    "started_at": item.manifest.started_at,
+                    "finished_at": item.manifest.finished_at,
+                    "engine": item.manifest.engine,
+                    "host": item.manifest.host,
                 }
                 for item in ordered
             ],
         },
-        "run": {
-            "merged_from": len(ordered),
-            "top_k": ordered[0].run("top_k"),
-            "format": fmt.value,
-            "output": str(output),
-            "inputs": ordered[0].run("inputs"),
-            "shard": None,
-        },
-    }
-    for key in _PROVENANCE:
-        data[key] = reference.get(key)
-    data["device"] = ", ".join(devices)
-    data["counts"] = {
-        "inputs": summary.records,
-        "classified": summary.classified,
-        "failed": summary.failed,
-        # every shard lists the same folders, so each counts the same non-image files
-        "skipped_non_images": ordered[0].count("skipped_non_images"),
-        "already_done": sum(int(item.count("already_done") or 0) for item in ordered),
-    }
-    return data
+        run=RunInfo(
+            merged_from=len(ordered),
+            top_k=reference.run.top_k,
+            format=fmt.value,
+            output=str(output),
+            inputs=reference.run.inputs,
+            shard=None,
+        ),
+        provenance=provenance,
+        versions=reference.versions,
+        counts=Counts(
+            inputs=summary.records,
+            classified=summary.classified,
+            failed=summary.failed,
+            # every shard lists the same folders, so each counts the same non-image files
+            skipped_non_images=int(ordered[0].count("skipped_non_images") or 0),
+            already_done=sum(int(item.count("already_done") or 0) for item in ordered),
+        ),
+    )

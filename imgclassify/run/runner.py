@@ -22,27 +22,31 @@ from typing import Any, TextIO
 from imgclassify.errors import NoImagesError, UsageError
 from imgclassify.models.plan import ModelPlan, plan_model
 from imgclassify.options import ModelOptions
-from imgclassify.results.formats import SUFFIX_FORMATS, OutputFormat, make_writer
+from imgclassify.results.formats import SUFFIX_FORMATS, ManifestSource, OutputFormat, make_writer
 from imgclassify.results.manifest import (
+    Counts,
+    Manifest,
+    Provenance,
+    Resumed,
+    RunInfo,
     RunManifest,
     command_line,
-    describe_model,
     manifest_path_for,
-    read_manifest,
-    resume_differences,
 )
 from imgclassify.results.records import Prediction
-from imgclassify.results.render import check_threshold, check_top_k, judge
-from imgclassify.results.resume import recorded_paths, resume_key
+from imgclassify.results.render import judge
+from imgclassify.results.resume import check_appendable, recorded_paths, resume_key
 from imgclassify.run.engines import Engine, EngineKind, create_engine
 from imgclassify.run.inputs import ExpandedInputs, expand_inputs
+from imgclassify.run.settings import RunSettings
 from imgclassify.run.shards import Shard
 from imgclassify.run.sorting import Sorter, SortOptions, validate_sort
 from imgclassify.system.devices import Backend
+from imgclassify.system.storage import Storage, is_url
 
 log = logging.getLogger("imgclassify")
 
-RESUMABLE = (OutputFormat.JSONL, OutputFormat.CSV)
+RESUMABLE = tuple(fmt for fmt in OutputFormat if fmt.record_format.appendable)
 
 
 @dataclass
@@ -68,15 +72,19 @@ class PredictOptions:
     command: list[str] | None = None
     #: tune threads for this process before loading the model (the CLI's entry point asks for it)
     tune_process: bool = False
-    #: where the batches run (``--engine``) and that engine's own settings
+    #: where the batches run (``--engine``) and that engine's own settings: its ``Settings``
+    #: dataclass (``RayEngine.Settings(address=..., actors=...)``; None: its defaults)
     engine: EngineKind = EngineKind.LOCAL
-    engine_settings: dict[str, Any] = field(default_factory=dict)
+    engine_settings: object | None = None
     #: ``--shard K/N``: keep only this share of the inputs (see :mod:`imgclassify.run.shards`)
     shard: Shard | None = None
     #: a record whose top-1 probability is below this says ``confident: false`` (``--threshold``)
     threshold: float | None = None
     #: ``--sort-into DIR`` with its mode and ``--dry-run`` (see :mod:`imgclassify.run.sorting`)
     sort: SortOptions | None = None
+    #: ``--storage-option KEY=VALUE`` parsed (:func:`~imgclassify.system.storage.parse_storage_options`):
+    #: keyword arguments for the fsspec filesystems URL inputs are read with; only the keys are recorded
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,17 +117,15 @@ class RunSummary:
             return "interrupted"
         return "stopped" if self.stopped_for_failures else "complete"
 
-    def counts(self) -> dict[str, int]:
-        counts = {
-            "inputs": self.inputs,
-            "classified": self.classified,
-            "failed": self.failed,
-            "skipped_non_images": self.skipped_non_images,
-            "already_done": self.already_done,
-        }
-        if self.found_before_sharding is not None:
-            counts["found_before_sharding"] = self.found_before_sharding
-        return counts
+    def counts(self) -> Counts:
+        return Counts(
+            inputs=self.inputs,
+            classified=self.classified,
+            failed=self.failed,
+            skipped_non_images=self.skipped_non_images,
+            already_done=self.already_done,
+            found_before_sharding=self.found_before_sharding,
+        )
 
     def line(self) -> str:
         total = self.classified + self.failed
@@ -228,20 +234,15 @@ def check_writable(path: Path, option: str) -> None:
 
 def validate(options: PredictOptions, fmt: OutputFormat) -> None:
     """Every check that needs neither the inputs nor the model: costs no model load."""
-    from imgclassify.decode.loading import check_batch_size
-
-    check_batch_size(options.batch_size)
-    if options.top_k < 1:
-        raise UsageError(f"--top-k must be at least 1, got {options.top_k}")
-    if options.workers is not None and options.workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {options.workers}")
+    RunSettings.check(
+        batch_size=options.batch_size, top_k=options.top_k, threshold=options.threshold, workers=options.workers
+    )
     failure_limit(options.max_failures, 0)
-    check_threshold(options.threshold)
     if options.resume:
         if options.output is None:
             raise UsageError("--resume needs --output FILE (the file to continue)")
-        if fmt not in RESUMABLE:
-            raise UsageError("--resume works with --format jsonl or csv (a JSON array cannot be appended to)")
+        check_appendable(fmt)
+    fmt.record_format.require()  # an extra the format needs (parquet: pyarrow)
     if options.output is not None:
         check_writable(options.output, "--output")
     if options.manifest is not None:
@@ -263,7 +264,7 @@ def _open_output(output: Path | None, stdout: TextIO, *, append: bool = False) -
         yield stream
 
 
-def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path, manifest: Path) -> None:
+def _check_resume(old: Manifest | None, new: Manifest, output: Path, manifest: Path) -> None:
     if old is None:
         if output.exists() and output.stat().st_size > 0:
             log.warning(
@@ -272,7 +273,7 @@ def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path,
                 output, manifest.name,
             )  # fmt: skip
         return
-    differences = resume_differences(old, new)
+    differences = old.differences(new)
     if differences:
         raise UsageError(
             f"--resume: {output} was written by a different run ({'; '.join(differences)}). "
@@ -280,21 +281,22 @@ def _check_resume(old: dict[str, Any] | None, new: dict[str, Any], output: Path,
         )
 
 
-def _run_section(options: PredictOptions, fmt: OutputFormat) -> dict[str, Any]:
-    section: dict[str, Any] = {
-        "batch_size": options.batch_size,  # None until the engine's device resolves it (_Run.execute)
-        "top_k": options.top_k,
-        "workers": options.workers,
-        "format": fmt.value,
-        "output": str(options.output) if options.output else None,
-        "resume": options.resume,
-        "max_failures": options.max_failures,
-        "shard": options.shard.describe() if options.shard else None,
-        "threshold": options.threshold,
-    }
-    if options.shard is not None:  # what `imgclassify merge` checks: every shard hashed the same paths
-        section["inputs"] = list(options.inputs)
-    return section
+def _run_info(options: PredictOptions, fmt: OutputFormat) -> RunInfo:
+    return RunInfo(
+        batch_size=options.batch_size,  # None until the engine's device resolves it (_Run.execute)
+        top_k=options.top_k,
+        workers=options.workers,
+        format=fmt.value,
+        output=str(options.output) if options.output else None,
+        resume=options.resume,
+        max_failures=options.max_failures,
+        shard=options.shard.describe() if options.shard else None,
+        threshold=options.threshold,
+        # what `imgclassify merge` checks: every shard hashed the same paths
+        inputs=list(options.inputs) if options.shard is not None else None,
+        # the keys only: the values may be secrets
+        extra={"storage_options": sorted(options.storage_options)} if options.storage_options else {},
+    )
 
 
 def run_predict(
@@ -307,14 +309,18 @@ def run_predict(
     start = time.perf_counter()
     fmt = choose_format(options.output_format, options.output, stdout)
     validate(options, fmt)
+    if fmt.record_format.binary and options.output is None and stdout.isatty():
+        raise UsageError(f"--format {fmt.value} is binary, not for a terminal: give --output FILE or a pipe")
 
-    found = expand_inputs(options.inputs, stdin=stdin)
+    storage = Storage(options.storage_options)
+    found = expand_inputs(options.inputs, stdin=stdin, storage=storage)
     if not found.found_any:
         raise NoImagesError(nothing_found(found, list(options.inputs)))
     for pattern in found.empty_globs:
         log.warning("no file matches %s", pattern)
 
     paths = options.shard.select(found.paths) if options.shard is not None else found.paths
+    _check_urls_supported(options, paths)
 
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
     if options.model.device not in ("auto", "cpu"):  # a missing GPU fails before weights are looked for
@@ -323,16 +329,31 @@ def run_predict(
         resolve_device(options.model.device)
     plan = plan_model(options.model, progress=show_progress)
     run = _Run(options, fmt, plan, paths, found.skipped_non_images, start, show_progress)
+    run.storage = storage
     if options.shard is not None:
         run.found_before_sharding = len(found.paths)
     if options.resume:
-        run.check_resume(describe_model(plan, plan.expected_label_set()))  # before paying for the model
-    engine = create_engine(options.engine, plan, tune_process=options.tune_process, **options.engine_settings)
+        run.check_resume(Provenance.of(plan, plan.expected_label_set()))  # before paying for the model
+    engine = create_engine(options.engine, plan, options.engine_settings, tune_process=options.tune_process)
     engine.start()
     try:
         return run.execute(engine, stdout, stderr)
     finally:
         engine.close()
+
+
+def _check_urls_supported(options: PredictOptions, paths: list[str]) -> None:
+    """What URL inputs do not work with yet, refused before the model loads."""
+    url = next((path for path in paths if is_url(path)), None)
+    if url is None:
+        return
+    if options.engine is not EngineKind.LOCAL:
+        raise UsageError(
+            f"--engine {options.engine.value} reads local (shared) paths only, not URLs such as {url}: "
+            "run URL inputs with --engine local"
+        )
+    if options.sort is not None:
+        raise UsageError(f"--sort-into sorts local files only, not URLs such as {url}")
 
 
 class _Run:
@@ -351,34 +372,37 @@ class _Run:
         self.options, self.fmt, self.plan, self.paths = options, fmt, plan, paths
         self.skipped, self.start, self.show_progress = skipped, start, show_progress
         self.limit = failure_limit(options.max_failures, len(paths))
-        self.run_section = _run_section(options, fmt)
+        self.run_info = _run_info(options, fmt)
         output = options.output
         self.manifest_path = options.manifest or (manifest_path_for(output) if output else None)
-        self.old_manifest: dict[str, Any] | None = None
+        self.old_manifest: Manifest | None = None
         self.found_before_sharding: int | None = None
+        self.storage: Storage | None = None
         if options.resume:
             assert self.manifest_path is not None
-            self.old_manifest = read_manifest(self.manifest_path)
+            self.old_manifest = Manifest.read(self.manifest_path)
 
-    def check_resume(self, model_section: dict[str, Any]) -> None:
+    def check_resume(self, provenance: Provenance) -> None:
         assert self.options.output is not None and self.manifest_path is not None
-        _check_resume(
-            self.old_manifest, {**model_section, "run": self.run_section}, self.options.output, self.manifest_path
-        )
+        new = Manifest("", "running", [], None, run=self.run_info, provenance=provenance)
+        _check_resume(self.old_manifest, new, self.options.output, self.manifest_path)
 
     def execute(self, engine: Engine, stdout: TextIO, stderr: TextIO) -> RunSummary:
-        from imgclassify.decode.loading import resolve_batch_size
-
         options, fmt = self.options, self.fmt
-        check_top_k(options.top_k, len(engine.label_set.labels))
-        batch_size = resolve_batch_size(options.batch_size, engine.device)  # the device is known now
-        self.run_section["batch_size"] = batch_size
+        settings = RunSettings.resolve(  # once: the device and the class count are known now
+            batch_size=options.batch_size, top_k=options.top_k, threshold=options.threshold,
+            workers=options.workers, device=engine.device, num_classes=len(engine.label_set.labels),
+            storage=self.storage,
+        )  # fmt: skip
+        self.run_info.batch_size = settings.batch_size
         resuming = options.resume and self.old_manifest is not None
         # provenance (the sha256 of the weights file) only when a manifest or --resume needs it
-        needs_model_section = self.manifest_path is not None or resuming
-        model_section = describe_model(self.plan, engine.label_set, device=engine.device) if needs_model_section else {}
+        provenance = None
+        if self.manifest_path is not None or resuming:
+            provenance = Provenance.of(self.plan, engine.label_set, device=engine.device)
         if resuming:
-            self.check_resume(model_section)  # now with the labels of the loaded model too
+            assert provenance is not None
+            self.check_resume(provenance)  # now with the labels of the loaded model too
         summary = RunSummary(
             skipped_non_images=self.skipped, model=self.plan.spec.name, inputs=len(self.paths),
             manifest=self.manifest_path, found_before_sharding=self.found_before_sharding,
@@ -393,16 +417,12 @@ class _Run:
 
         manifest = None
         if self.manifest_path is not None:
+            assert provenance is not None
             command = options.command or command_line()
-            manifest = RunManifest.new(
-                self.manifest_path, command=command, engine=engine.describe(), run=self.run_section
-            )
+            manifest = RunManifest.new(self.manifest_path, command=command, engine=engine.describe(), run=self.run_info)
             if self.old_manifest is not None:
-                manifest.data["resumed"] = {
-                    "previous_started_at": self.old_manifest.get("started_at"),
-                    "already_done": summary.already_done,
-                }
-            manifest.start(model_section, openvino=self.plan.options.backend is Backend.OPENVINO)
+                manifest.manifest.resumed = Resumed(self.old_manifest.started_at, summary.already_done)
+            manifest.start(provenance, openvino=self.plan.options.backend is Backend.OPENVINO)
         status = "failed"
         sorter = records_out = None
         if options.sort is not None:
@@ -410,11 +430,13 @@ class _Run:
             if options.sort.dry_run and options.output is None:
                 records_out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  stdout holds the plan
         try:
-            batches = engine.batches(paths, batch_size=batch_size, top_k=options.top_k, workers=options.workers)
-            _write_batches(
-                batches, len(paths), options, fmt, header, self.limit, summary, records_out or stdout, stderr,
-                self.show_progress, sorter,
+            sink = _Sink(
+                fmt, settings, summary, sorter=sorter, header=header, limit=self.limit,
+                max_failures=options.max_failures, multi_label=self.plan.multi_label,
+                manifest=None if manifest is None else self._embedded(manifest, summary, engine),
             )  # fmt: skip
+            with _open_output(options.output, records_out or stdout, append=options.resume) as stream:
+                sink.consume(engine.batches(paths, settings), len(paths), stream, stderr, self.show_progress)
             status = summary.status
         finally:
             summary.elapsed = time.perf_counter() - self.start
@@ -424,81 +446,105 @@ class _Run:
                 for path, reason in sorter.counts.failures:
                     log.warning("%s: not sorted: %s (left where it is)", path, reason)
                 if manifest is not None:
-                    manifest.data["sort"] = summary.sort
+                    manifest.manifest.sort = summary.sort
             if records_out is not None:
                 records_out.close()
             if manifest is not None:
                 manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3), engine=engine.describe())
         return summary
 
+    def _embedded(self, manifest: RunManifest, summary: RunSummary, engine: Engine) -> ManifestSource:
+        """The manifest as the run ends, for the formats that store it in the output (Parquet), asked for
+        when the writer closes: the final status and counts (``finished_at``, ``elapsed_s``: that moment's)."""
 
-def _write_batches(
-    batches: Iterator[list[Prediction]],
-    total: int,
-    options: PredictOptions,
-    fmt: OutputFormat,
-    header: bool,
-    limit: int | None,
-    summary: RunSummary,
-    stdout: TextIO,
-    stderr: TextIO,
-    show_progress: bool,
-    sorter: Sorter | None = None,
-) -> None:
-    """Write the engine's batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+        def finished() -> dict[str, Any]:
+            elapsed = round(time.perf_counter() - self.start, 3)
+            return manifest.finished(summary.status, summary.counts(), elapsed_s=elapsed, engine=engine.describe())
 
-    previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+        return finished
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise _Terminated(signum)
 
-    if previous is not None:
-        signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        with (
-            _open_output(options.output, stdout, append=options.resume) as stream,
-            tqdm(total=total, unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
-            # a warning logged while the bar shows (an engine's, say) is written above it, not glued to it
-            logging_redirect_tqdm([log]) if show_progress else contextlib.nullcontext(),
-        ):
-            writer = make_writer(fmt, stream, top_k=options.top_k, model_name=summary.model, header=header)
-            try:
-                for batch in batches:
-                    if options.threshold is not None:  # the engines render without one; judged here, once
-                        batch = [judge(record, options.threshold) for record in batch]
-                    with _bar_cleared(bar):  # what is written now starts on a line of its own
-                        if sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
-                            sorter.sort(batch)
-                        writer.write(batch)
-                        for record in batch:
-                            if record.error is None:
-                                summary.classified += 1
-                            else:
-                                summary.failed += 1
-                                log.warning("%s: %s", record.path, record.error)
-                        bar.update(len(batch))
-                    if limit is not None and summary.failed > limit:
-                        summary.stopped_for_failures = True
-                        log.error(
-                            "%d files failed, more than --max-failures %s: stopping",
-                            summary.failed,
-                            options.max_failures,
-                        )
-                        break
-            except KeyboardInterrupt:
-                summary.signal = signal.SIGINT
-            except _Terminated as exc:
-                summary.signal = exc.signum
-            finally:
-                writer.close()
-                close = getattr(batches, "close", None)
-                if close is not None:
-                    close()  # a generator: stop the engine's producers now
-    finally:
+@dataclass
+class _Sink:
+    """Where the engine's batches go: judged by the threshold, sorted, written, counted."""
+
+    fmt: OutputFormat
+    settings: RunSettings
+    summary: RunSummary
+    sorter: Sorter | None = None
+    #: write the CSV header (False: continuing a file that has it)
+    header: bool = True
+    #: the most failures allowed (``--max-failures`` resolved), and how it was asked for
+    limit: int | None = None
+    max_failures: str | None = None
+    #: a multi-label head: with a threshold, records list every class above it
+    multi_label: bool = False
+    #: the run's manifest, for the formats that store it in the output (asked for when the writer closes)
+    manifest: ManifestSource | None = None
+
+    def consume(
+        self, batches: Iterator[list[Prediction]], total: int, stream: TextIO, stderr: TextIO, show_progress: bool
+    ) -> None:
+        """Write the batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        summary, threshold = self.summary, self.settings.threshold
+        previous = signal.getsignal(signal.SIGTERM) if _main_thread() else None
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            raise _Terminated(signum)
+
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            with (
+                tqdm(total=total, unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
+                # a warning logged while the bar shows (an engine's, say) is written above it, not glued to it
+                logging_redirect_tqdm([log]) if show_progress else contextlib.nullcontext(),
+            ):
+                writer = make_writer(
+                    self.fmt, stream, top_k=self.settings.top_k, model_name=summary.model, header=self.header,
+                    lists=self.settings.top_k > 1 or (self.multi_label and threshold is not None),
+                    manifest=self.manifest,
+                )  # fmt: skip
+                try:
+                    for batch in batches:
+                        if threshold is not None:  # the engines render without one; judged here, once
+                            batch = [judge(record, threshold) for record in batch]
+                        with _bar_cleared(bar):  # what is written now starts on a line of its own
+                            self._write(batch, writer)
+                            bar.update(len(batch))
+                        if self.limit is not None and summary.failed > self.limit:
+                            summary.stopped_for_failures = True
+                            log.error(
+                                "%d files failed, more than --max-failures %s: stopping",
+                                summary.failed, self.max_failures,
+                            )  # fmt: skip
+                            break
+                except KeyboardInterrupt:
+                    summary.signal = signal.SIGINT
+                except _Terminated as exc:
+                    summary.signal = exc.signum
+                finally:
+                    writer.close()
+                    close = getattr(batches, "close", None)
+                    if close is not None:
+                        close()  # a generator: stop the engine's producers now
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _write(self, batch: list[Prediction], writer: Any) -> None:
+        if self.sorter is not None:  # before the records: a resumed run re-sorts nothing (journal)
+            self.sorter.sort(batch)
+        writer.write(batch)
+        for record in batch:
+            if record.error is None:
+                self.summary.classified += 1
+            else:
+                self.summary.failed += 1
+                log.warning("%s: %s", record.path, record.error)
 
 
 @contextlib.contextmanager

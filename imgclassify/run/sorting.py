@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from imgclassify.errors import UsageError
+from imgclassify.results.formats.base import truncate
+from imgclassify.results.formats.json_lines import JsonLineError, read_appended
 from imgclassify.results.records import Prediction
+from imgclassify.system.fs import created_exclusively, fsync_directory
 
 JOURNAL_NAME = ".imgclassify-sort.jsonl"
 UNKNOWN_FOLDER = "unknown"
@@ -121,44 +124,15 @@ class _NameTaken(Exception):
     pass
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _copy_exclusive(source: str, folder: Path, final: Path) -> None:
+def _copy_exclusive(source: str, final: Path) -> None:
     """Copy ``source`` to ``final`` (which must not exist) through a fsynced temporary file beside it."""
-    tmp = folder / f".{final.name[:60]}.{os.getpid()}.imgclassify-part"
     try:
-        with open(source, "rb") as src, open(tmp, "xb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-        shutil.copystat(source, tmp)
-        try:
-            os.link(tmp, final)  # fails on an existing name: never overwrites
-        except FileExistsError:
-            raise _NameTaken from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            # a file system without hard links (FAT, some network shares): claim the name first
-            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # FileExistsError -> taken
-            os.close(fd)
-            os.replace(tmp, final)
+        with created_exclusively(final, fsync=True) as tmp:  # linked to ``final``: never overwrites
+            with open(source, "rb") as src, open(tmp, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+            shutil.copystat(source, tmp)
     except FileExistsError:
         raise _NameTaken from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class Sorter:
@@ -170,27 +144,46 @@ class Sorter:
         self.plan_stream = plan_stream
         self.counts = SortCounts()
         self.journal_path = self.root / JOURNAL_NAME
-        self.done = self._read_journal()
+        self.done, self._journal_whole = self._read_journal()
         self.claimed: set[Path] = set()  # names planned in a dry run
         self.journal: TextIO | None = None
 
-    def _read_journal(self) -> dict[str, str]:
+    def _read_journal(self) -> tuple[dict[str, str], int | None]:
+        """What earlier runs sorted (source -> destination under DIR), and the bytes the journal's whole lines fill.
+
+        The journal is JSON Lines, read with the results' rule
+        (:class:`~imgclassify.results.formats.json_lines.JsonLines`): a last line cut short by a
+        killed run is skipped (and truncated away before this run appends), a damaged line before
+        it is an error.
+        """
         done: dict[str, str] = {}
         try:
-            text = self.journal_path.read_text(encoding="utf-8", errors="surrogateescape")
+            entries, whole = read_appended(self.journal_path)
         except FileNotFoundError:
-            return done
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-                done[entry["source"]] = entry["destination"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a killed run
-        return done
+            return done, None
+        except JsonLineError as exc:
+            raise UsageError(
+                f"--sort-into: the journal {self.journal_path}: {exc}, and only a last line cut short by a killed "
+                "run is skipped; fix or delete that line (the journal says what earlier runs sorted where)"
+            ) from None
+        for number, entry in entries:
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("source"), str)
+                and isinstance(entry.get("destination"), str)
+            ):
+                raise UsageError(
+                    f"--sort-into: the journal {self.journal_path}: line {number} is not a journal entry (a JSON "
+                    "object with 'source' and 'destination' strings); fix or delete that line"
+                )
+            done[entry["source"]] = entry["destination"]
+        return done, whole
 
     def _record(self, source: str, destination: Path) -> None:
         if self.journal is None:
             self.root.mkdir(parents=True, exist_ok=True)
+            if self._journal_whole is not None:  # a last line cut short: the next entry must not continue it
+                truncate(self.journal_path, self._journal_whole)
             self.journal = open(self.journal_path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
         entry = {"source": source, "destination": str(destination.relative_to(self.root)), "mode": self.options.mode}
         self.journal.write(json.dumps(entry) + "\n")
@@ -241,18 +234,18 @@ class Sorter:
                     self.plan_stream.write(f"{mode.value}\t{source}\t{final}\n")
                 return final
             try:
-                self._claim(source, folder, final)
+                self._claim(source, final)
             except (_NameTaken, FileExistsError):
                 continue
-            _fsync_dir(folder)
+            fsync_directory(folder)
             self._record(source, final)
             return final
         raise OSError(errno.EEXIST, "no free name left for this file")
 
-    def _claim(self, source: str, folder: Path, final: Path) -> None:
+    def _claim(self, source: str, final: Path) -> None:
         mode = self.options.mode
         if mode is SortMode.COPY:
-            _copy_exclusive(source, folder, final)
+            _copy_exclusive(source, final)
         elif mode is SortMode.HARDLINK:
             os.link(source, final, follow_symlinks=False)
         elif mode is SortMode.SYMLINK:
@@ -267,7 +260,7 @@ class Sorter:
                     raise
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                     raise
-                _copy_exclusive(source, folder, final)  # another file system: whole copy first
+                _copy_exclusive(source, final)  # another file system: whole copy first
             os.unlink(source)
 
     def close(self) -> None:

@@ -1,5 +1,8 @@
-"""The HTTP endpoint: the Flask app (:mod:`.app`), uvicorn's front that reads bodies in an event
-loop (:mod:`.asgi`), dynamic batching (:mod:`.batching`).
+"""The HTTP endpoint: the app factory (:mod:`.app`), its routes (:mod:`.routes`) over a state (:mod:`.state`).
+
+The rest: the configuration and how it reaches worker processes (:mod:`.config`), the API key
+(:mod:`.auth`), the metrics (:mod:`.metrics`), uvicorn's front that reads bodies in an event loop
+(:mod:`.asgi`) and what it shares with the routes (:mod:`.answers`), dynamic batching (:mod:`.batching`).
 
 ``gunicorn "imgclassify.server:create_app()"`` keeps working: the app factory is here too.
 """

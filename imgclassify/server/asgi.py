@@ -19,7 +19,8 @@ only hands complete requests to a pool of ``threads`` threads that run the uncha
   read, so an unauthenticated client cannot upload anything; the connection is closed.
 
 ``imgclassify serve --workers N`` runs N such processes (uvicorn's supervisor, each with its
-own model), configured by ``IMGCLASSIFY_*`` variables through :func:`app_from_env`.
+own model), each configured by :func:`app_from_env` from the one ``IMGCLASSIFY_SERVER_CONFIG``
+variable that :func:`run` sets (:class:`~imgclassify.server.config.WorkerConfig`).
 """
 
 from __future__ import annotations
@@ -34,22 +35,17 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from imgclassify.options import ENV_PREFIX
-from imgclassify.server.app import (
-    ADMITTED_KEY,
-    ServerConfig,
-    check_authorization,
-    configure_logging,
-    create_app,
-    needs_api_key,
-    too_many_files_message,
-    unauthorized,
-)
+from imgclassify.server.answers import ADMITTED_KEY, too_many_files_message
+from imgclassify.server.app import configure_logging, create_app
+from imgclassify.server.auth import check_authorization, needs_api_key, unauthorized
+from imgclassify.server.config import THREADS_ENV as THREADS_ENV
+from imgclassify.server.config import WORKERS_ENV as WORKERS_ENV
+from imgclassify.server.config import ServerConfig, WorkerConfig
+from imgclassify.server.config import config_to_env as config_to_env
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -62,12 +58,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-THREADS_ENV = ENV_PREFIX + "THREADS"  # request threads per worker process, for app_from_env
-WORKERS_ENV = ENV_PREFIX + "WORKERS"
-
 
 class Admission(Protocol):
-    """The queue bound of prediction requests (``_State`` of the server)."""
+    """The queue bound of prediction requests (the server's :class:`~imgclassify.server.state.AppState`)."""
 
     def admit(self, images: int) -> bool: ...
 
@@ -347,12 +340,11 @@ def wrap(app: Flask, config: ServerConfig, *, threads: int, multiprocess: bool =
             route = rule.rule
         except Exception:
             route = "<unmatched>"
-        state.metrics.requests.labels(route, method, str(status)).inc()
-        state.metrics.latency.labels(route).observe(elapsed)
+        state.metrics.observe_request(route, method, status, elapsed)
 
     return BufferedWSGI(
         app.wsgi_app,
-        max_body=int(config.max_upload_mb * 1024 * 1024),
+        max_body=config.max_upload_bytes,
         read_timeout_s=config.read_timeout_s,
         threads=threads,
         multiprocess=multiprocess,
@@ -364,39 +356,20 @@ def wrap(app: Flask, config: ServerConfig, *, threads: int, multiprocess: bool =
 
 
 def app_from_env() -> BufferedWSGI:
-    """The ASGI app for one worker process, configured by ``IMGCLASSIFY_*`` variables (uvicorn factory)."""
-    config = ServerConfig.from_env()
-    threads = int(os.environ.get(THREADS_ENV) or 8)
-    workers = int(os.environ.get(WORKERS_ENV) or 1)
+    """The ASGI app for one worker process (uvicorn factory), configured by :meth:`WorkerConfig.from_env`:
+    ``IMGCLASSIFY_SERVER_CONFIG`` as :func:`run` sets it, else the individual ``IMGCLASSIFY_*`` variables."""
+    worker = WorkerConfig.from_env()
+    config = worker.server
     HeaderTimeoutProtocol.timeout_s = config.read_timeout_s
     from imgclassify.system.runtime import configure_process
 
     configure_process()  # this worker process's entry point: allocator and threads, once
-    return wrap(create_app(config), config, threads=threads, multiprocess=workers > 1)
-
-
-def config_to_env(config: ServerConfig) -> dict[str, str]:
-    """``IMGCLASSIFY_*`` variables that ``ServerConfig.from_env`` turns back into ``config``.
-
-    The API key: with ``api_key_file``, only the path (``IMGCLASSIFY_API_KEY`` empty: each worker
-    reads the file); otherwise ``IMGCLASSIFY_API_KEY``, where ``serve`` found it in the first place.
-    """
-    env = config.options.to_env()
-    for f in fields(config):
-        if f.name == "options":
-            continue
-        value = getattr(config, f.name)
-        if f.name == "api_key" and config.api_key_file is not None:
-            value = None  # the workers read the file: the key itself goes nowhere new
-        env[ENV_PREFIX + f.name.upper()] = "" if value is None else str(value)
-    return env
+    return wrap(create_app(config), config, threads=worker.threads, multiprocess=worker.workers > 1)
 
 
 def run(config: ServerConfig, *, host: str, port: int, threads: int, workers: int, quiet: bool) -> None:
     """Serve with uvicorn (h11), ``workers`` processes; blocks until SIGINT/SIGTERM (graceful)."""
-    os.environ.update(config_to_env(config))
-    os.environ[THREADS_ENV] = str(threads)
-    os.environ[WORKERS_ENV] = str(workers)
+    WorkerConfig(config, threads=threads, workers=workers).export(os.environ)  # read by every app_from_env
     level = logging.WARNING if quiet else logging.INFO
     configure_logging(level)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the handler it

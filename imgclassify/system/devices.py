@@ -73,3 +73,5 @@ class Backend(str, enum.Enum):
 
     TORCH = "torch"
     OPENVINO = "openvino"
+    #: ONNX Runtime: ``.onnx`` files (their default), or any model exported to ONNX once
+    ONNXRUNTIME = "onnxruntime"

@@ -12,12 +12,14 @@ Importing this package does not import torch.
 from __future__ import annotations
 
 import enum
+import importlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from imgclassify.models.plan import LabelSet, ModelPlan
     from imgclassify.results.records import Prediction
+    from imgclassify.run.settings import RunSettings
 
 
 class EngineKind(str, enum.Enum):
@@ -39,13 +41,9 @@ class Engine(Protocol):
     def start(self) -> None:
         """Load the model (or start the workers that will): every check that can fail early."""
 
-    def batches(
-        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
-    ) -> Iterator[list[Prediction]]:
-        """Records for ``paths`` in input order, a list at a time.
-
-        ``batch_size`` None: the default for :attr:`device` (:func:`~imgclassify.decode.loading.resolve_batch_size`).
-        """
+    def batches(self, paths: Sequence[str], settings: RunSettings) -> Iterator[list[Prediction]]:
+        """Records for ``paths`` in input order, a list at a time, with ``settings`` (resolved for
+        :attr:`device`: :meth:`RunSettings.resolve`)."""
 
     def describe(self) -> dict[str, Any]:
         """The manifest's ``engine`` section (called at the start and again at the end)."""
@@ -54,15 +52,28 @@ class Engine(Protocol):
         """Release what :meth:`start` took (processes, a cluster connection)."""
 
 
-def create_engine(kind: EngineKind, plan: ModelPlan, **settings: Any) -> Engine:
-    """The engine for ``kind``; ``settings`` are the engine's own options."""
-    if kind is EngineKind.RAY:
-        from imgclassify.run.engines.ray import RayEngine
-
-        return RayEngine(plan, **settings)
-    from imgclassify.run.engines.local import LocalEngine
-
-    return LocalEngine(plan, **settings)
+#: each engine: its module, its class, which has a ``Settings`` dataclass (its own options) and
+#: ``from_settings(plan, settings, *, tune_process)``
+ENGINES: dict[EngineKind, tuple[str, str]] = {
+    EngineKind.LOCAL: ("imgclassify.run.engines.local", "LocalEngine"),
+    EngineKind.RAY: ("imgclassify.run.engines.ray", "RayEngine"),
+}
 
 
-__all__ = ["Engine", "EngineKind", "create_engine"]
+def engine_class(kind: EngineKind) -> Any:
+    module, name = ENGINES[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+def create_engine(kind: EngineKind, plan: ModelPlan, settings: Any = None, *, tune_process: bool = False) -> Engine:
+    """The engine for ``kind``; ``settings``: its ``Settings`` (None: the defaults)."""
+    cls = engine_class(kind)
+    if settings is None:
+        settings = cls.Settings()
+    elif not isinstance(settings, cls.Settings):
+        raise TypeError(f"--engine {kind.value} takes {cls.Settings.__name__}, got {type(settings).__name__}")
+    engine: Engine = cls.from_settings(plan, settings, tune_process=tune_process)
+    return engine
+
+
+__all__ = ["ENGINES", "Engine", "EngineKind", "create_engine", "engine_class"]

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imgclassify.models.plan import LabelSet, ModelPlan
     from imgclassify.pipeline import Classifier
     from imgclassify.results.records import Prediction
+    from imgclassify.run.settings import RunSettings
 
 
 class LocalEngine:
+    @dataclass(frozen=True)
+    class Settings:
+        """The local engine has no options of its own."""
+
+    @classmethod
+    def from_settings(cls, plan: ModelPlan, settings: Settings, *, tune_process: bool = False) -> LocalEngine:
+        return cls(plan, tune_process=tune_process)
+
     def __init__(self, plan: ModelPlan, *, tune_process: bool = False) -> None:
         self.plan = plan
         self.tune_process = tune_process
@@ -41,17 +51,18 @@ class LocalEngine:
     def label_set(self) -> LabelSet:
         return self._loaded.label_set
 
-    def batches(
-        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
-    ) -> Iterator[list[Prediction]]:
-        from imgclassify.decode.loading import default_workers, resolve_batch_size
+    def batches(self, paths: Sequence[str], settings: RunSettings) -> Iterator[list[Prediction]]:
+        from imgclassify.decode.loading import default_workers
 
         classifier = self._loaded
-        batch_size = resolve_batch_size(batch_size, classifier.device)
+        workers = settings.workers
         if workers is None:
-            workers = default_workers(len(paths), batch_size, classifier.device.type, classifier.backend_kind)
+            workers = default_workers(len(paths), settings.batch_size, classifier.device.type, classifier.backend_kind)
         self.decode_workers = workers
-        return classifier.predict_batches(paths, batch_size=batch_size, top_k=top_k, workers=workers)
+        return classifier.predict_batches(
+            paths, batch_size=settings.batch_size, top_k=settings.top_k, workers=workers, threshold=settings.threshold,
+            storage=settings.storage,
+        )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         return {"name": "local", "decode_workers": self.decode_workers, "backend": self._loaded.backend.name}

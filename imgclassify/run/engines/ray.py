@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imgclassify.decode.decoder import Decoder
-from imgclassify.decode.loading import resolve_batch_size
 from imgclassify.errors import EngineError, ImgclassifyError, UsageError
 from imgclassify.extras import install_hint
 from imgclassify.results.records import Candidate, Prediction
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
     from imgclassify.models.labels import Labels
     from imgclassify.models.plan import LabelSet, ModelPlan
+    from imgclassify.run.settings import RunSettings
 
 log = logging.getLogger("imgclassify")
 
@@ -92,15 +92,19 @@ def decode_batch(batch: dict[str, np.ndarray], decoder: Decoder) -> dict[str, np
 class ModelActor:
     """Ray actor: one classifier; a decoded batch -> top-k class ids and probabilities, plus its node id."""
 
-    def __init__(self, plan: ModelPlan, top_k: int, batch_size: int, batches: int) -> None:
+    def __init__(
+        self, plan: ModelPlan, top_k: int, batch_size: int, batches: int, threshold: float | None = None
+    ) -> None:
         import ray
 
         from imgclassify.pipeline import build_classifier
 
         self.classifier = build_classifier(plan)
         self.classifier.plan_batches(batch_size, batches)
-        self.renderer = self.classifier.renderer(top_k)
-        self.top_k = top_k
+        self.renderer = self.classifier.renderer(top_k, threshold)
+        # a multi-label head with a threshold lists every class above it: room for all of them
+        multi = self.renderer.multi_label and threshold is not None
+        self.top_k = self.classifier.num_classes if multi else top_k
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,8 +120,8 @@ class ModelActor:
             probs = self.classifier.forward_uint8(torch.from_numpy(np.ascontiguousarray(batch["image"][good])))
             rows = np.flatnonzero(good)
             for row, candidates in zip(rows, self.renderer.candidates(probs), strict=True):
-                class_ids[row] = [c.class_id for c in candidates]
-                probabilities[row] = [c.probability for c in candidates]
+                class_ids[row, : len(candidates)] = [c.class_id for c in candidates]
+                probabilities[row, : len(candidates)] = [c.probability for c in candidates]
         return {
             "index": batch["index"],
             "path": batch["path"],
@@ -129,11 +133,11 @@ class ModelActor:
 
 
 def class_count(plan: ModelPlan) -> int:
-    """Ray task: the class count of a ``--weights`` checkpoint (also checks that it fits the model)."""
-    from imgclassify.models.architectures import build_with_state
-    from imgclassify.models.weights import read_state_dict
+    """Ray task: the class count of the model (a ``--weights`` checkpoint, an exported file), which
+    also checks that it loads."""
+    from imgclassify.pipeline import build_net
 
-    return build_with_state(plan.spec, read_state_dict(plan.weights_path))[1]
+    return build_net(plan)[2]
 
 
 def to_record(path: str, block: dict[str, np.ndarray], row: int, labels: Labels) -> Prediction:
@@ -144,7 +148,11 @@ def to_record(path: str, block: dict[str, np.ndarray], row: int, labels: Labels)
     ids, probabilities = block["class_id"][row].tolist(), block["probability"][row].tolist()
     return Prediction(
         path,
-        tuple(Candidate(c, labels[c].wnid, labels[c].name, p) for c, p in zip(ids, probabilities, strict=True)),
+        tuple(
+            Candidate(c, labels[c].wnid, labels[c].name, p)
+            for c, p in zip(ids, probabilities, strict=True)
+            if c >= 0  # a multi-label row shorter than the widest
+        ),
     )
 
 
@@ -186,6 +194,18 @@ class InOrder:
 
 class RayEngine:
     """``--engine ray``: see the module docstring."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        """``--ray-address`` (None: ``RAY_ADDRESS``, else a Ray of this machine) and ``--ray-actors``
+        (None: one per GPU, else half the CPUs)."""
+
+        address: str | None = None
+        actors: int | None = None
+
+    @classmethod
+    def from_settings(cls, plan: ModelPlan, settings: Settings, *, tune_process: bool = False) -> RayEngine:
+        return cls(plan, address=settings.address, actors=settings.actors, tune_process=tune_process)
 
     def __init__(
         self,
@@ -285,14 +305,12 @@ class RayEngine:
         return self._label_set
 
     # -- the run -----------------------------------------------------------------------------
-    def batches(
-        self, paths: Sequence[str], *, batch_size: int | None, top_k: int, workers: int | None
-    ) -> Iterator[list[Prediction]]:
-        """Records in input order, one list per batch of the actors (``workers`` is not used)."""
+    def batches(self, paths: Sequence[str], settings: RunSettings) -> Iterator[list[Prediction]]:
+        """Records in input order, one list per batch of the actors (``settings.workers`` is not used)."""
         import ray
         from ray.data import DataContext
 
-        batch_size = resolve_batch_size(batch_size, self.device)  # the actors' device
+        batch_size, top_k = settings.batch_size, settings.top_k
         if not paths:
             return
         context = DataContext.get_current()
@@ -322,6 +340,7 @@ class RayEngine:
                 fn_constructor_kwargs={
                     "plan": plan,
                     "top_k": top_k,
+                    "threshold": settings.threshold,
                     "batch_size": batch_size,
                     "batches": len(paths) // batch_size // actors,  # each actor's share
                 },
