@@ -1,7 +1,7 @@
 """Heads for ``imgclassify fit`` (benchmark, not a test): held-out accuracy against examples per category,
 fit time, and how well ``--threshold`` on the top-1 probability tells photos of no category apart.
 
-    python benchmarks/fit_heads.py [--repeats 20] [--features FILE.npy]
+    python benchmarks/fit_heads.py [--repeats 20] [--features FILE.npy] [--categories dogs,birds,...]
 
 Categories: the 50 labelled ImageNet photos of tests/data and the sample photos (``kitten_small.jpg``,
 a smaller copy of ``kitten.jpg``, left out), grouped by their labels into 8 coarse categories
@@ -23,6 +23,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELLED = ROOT / "tests" / "data" / "imagenet-labelled"
@@ -48,12 +49,12 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def photos() -> tuple[list[str], list[int], list[str]]:
-    """(paths, category index per photo, category names)."""
-    names = list(CATEGORIES)
+def photos(only: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """(paths, category index per photo, category names); ``only``: these categories."""
+    names = [name for name in CATEGORIES if only is None or name in only]
     paths, labels = [], []
-    for index, (category, members) in enumerate(CATEGORIES.items()):
-        for member in members:
+    for index, category in enumerate(names):
+        for member in CATEGORIES[category]:
             found = sorted(LABELLED.glob(f"{member}_*.JPEG")) if member.startswith("n") else [SAMPLES / member]
             assert len(found) == 1 and found[0].is_file(), (category, member, found)
             paths.append(str(found[0]))
@@ -61,7 +62,7 @@ def photos() -> tuple[list[str], list[int], list[str]]:
     return paths, labels, names
 
 
-def embed(paths: list[str], cache: Path | None) -> object:
+def embed(paths: list[str], cache: Path | None) -> Any:
     import numpy as np
 
     if cache is not None and cache.is_file():
@@ -79,12 +80,16 @@ def embed(paths: list[str], cache: Path | None) -> object:
 
 
 HEADS: dict[str, tuple[str, dict[str, object]]] = {
-    "logistic l2=1e-4": ("logistic", {"l2": 1e-4}),
-    "logistic l2=1e-3": ("logistic", {"l2": 1e-3}),
-    "logistic l2=1e-2": ("logistic", {"l2": 1e-2}),
-    "logistic l2=1e-3, not centred": ("logistic", {"l2": 1e-3, "centred": False}),
+    "nearest (chosen)": ("nearest", {}),
+    "nearest, no power": ("nearest", {"power": 1.0}),
+    "nearest, not centred": ("nearest", {"centred": False}),
+    "logistic l2=0.01": ("logistic", {"l2": 0.01}),
+    "logistic l2=0.1": ("logistic", {"l2": 0.1}),
+    "logistic l2=1": ("logistic", {"l2": 1.0}),
+    "logistic l2=0.1, no power": ("logistic", {"l2": 0.1, "power": 1.0}),
+    "logistic l2=0.1, not balanced": ("logistic", {"l2": 0.1, "balanced": False}),
     "centroid": ("centroid", {}),
-    "centroid, not centred": ("centroid", {"centred": False}),
+    "centroid, no power": ("centroid", {"power": 1.0}),
     "knn k=5": ("knn", {}),
 }
 
@@ -93,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--features", type=Path, default=None, help="cache the embeddings in this .npy")
+    parser.add_argument("--categories", default=None, help="only these categories (comma-separated)")
     args = parser.parse_args()
     import random
 
@@ -102,13 +108,19 @@ def main() -> None:
     from imgclassify.fit.validation import choose_threshold
     from imgclassify.system.capabilities import cpu_description
 
-    paths, labels, names = photos()
+    paths, labels, names = photos(args.categories.split(",") if args.categories else None)
     start = time.perf_counter()
-    features = torch.from_numpy(embed(paths, args.features))  # type: ignore[arg-type]
-    print(f"{len(paths)} photos, {len(names)} categories, embedded in {time.perf_counter() - start:.1f}s; {cpu_description()}")
+    features = torch.from_numpy(embed(paths, args.features))
+    print(
+        f"{len(paths)} photos, {len(names)} categories, embedded in {time.perf_counter() - start:.1f}s; {cpu_description()}"
+    )
     y = torch.tensor(labels)
     by_category = {c: [i for i, label in enumerate(labels) if label == c] for c in range(len(names))}
-    header = "| head | " + " | ".join(["n=1", "n=3", "n=5", "leave-one-out"]) + " | fit (ms) | AUROC unknown | threshold: right kept / unknown rejected |"
+    header = (
+        "| head | "
+        + " | ".join(["n=1", "n=3", "n=5", "leave-one-out"])
+        + " | fit (ms) | AUROC unknown | threshold: right kept / unknown rejected |"
+    )
     print(header)
     print("|" + " --- |" * 8)
     for title, (kind, settings) in HEADS.items():
@@ -136,7 +148,8 @@ def main() -> None:
                 total += len(test)
             cells.append(f"{100 * correct / total:.0f}% ({len(kept)} cat.)")
         # leave-one-out: every other photo trains
-        right, wrong = [], []
+        right: list[float] = []
+        wrong: list[float] = []
         for i in range(len(paths)):
             train = [j for j in range(len(paths)) if j != i]
             probs = predict(features[train], y[train], len(names), features[i : i + 1])
@@ -148,7 +161,9 @@ def main() -> None:
             train = [j for j in range(len(paths)) if int(y[j]) != c]
             kept = sorted({int(y[j]) for j in train})
             remap = {k: r for r, k in enumerate(kept)}
-            probs = predict(features[train], torch.tensor([remap[int(y[j])] for j in train]), len(kept), features[members])
+            probs = predict(
+                features[train], torch.tensor([remap[int(y[j])] for j in train]), len(kept), features[members]
+            )
             unknown += [float(p) for p in probs.max(1).values]
         rest = wrong + unknown
         pairs = sum((k > u) + 0.5 * (k == u) for k in right for u in rest)
@@ -160,7 +175,9 @@ def main() -> None:
             kept_share = sum(k >= threshold for k in right) / len(right)
             rejected = sum(u < threshold for u in unknown) / len(unknown)
             shares = f"{threshold:.2f}: {100 * kept_share:.0f}% / {100 * rejected:.0f}%"
-        print(f"| {title} | " + " | ".join(cells) + f" | {1000 * statistics.median(times):.0f} | {auroc:.2f} | {shares} |")
+        print(
+            f"| {title} | " + " | ".join(cells) + f" | {1000 * statistics.median(times):.0f} | {auroc:.2f} | {shares} |"
+        )
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ METAVARS = {
     "base_dir": "DIR", "title": "TEXT", "results_format": "json|jsonl|csv|parquet", "max_files": "N", "max_queue": "N",
     "api_key_file": "FILE", "resize": "N", "crop": "N", "mean": "R,G,B", "std": "R,G,B",
     "storage_option": "KEY=VALUE",
+    "cache_dir": "DIR",
 }  # fmt: skip
 ARGUMENT_METAVARS = {"paths": "PATH", "shards": "SHARD", "output": "OUTPUT", "results": "RESULTS"}
 
@@ -389,12 +390,11 @@ def predict(
         ),
     ] = None,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "--output",
             "-o",
-            help="Write records to FILE instead of stdout (and the run manifest to FILE.manifest.json).",
-            dir_okay=False,
+            help="Write records to FILE instead of stdout (and the run manifest to FILE.manifest.json). A URL (s3://bucket/out.jsonl, gs://, az://) is written locally, then uploaded with its manifest.",
         ),
     ] = None,
     manifest: Annotated[
@@ -495,7 +495,7 @@ def predict(
     from imgclassify.run.runner import PredictOptions, run_predict
     from imgclassify.run.shards import Shard
     from imgclassify.system.runtime import tune_allocator
-    from imgclassify.system.storage import parse_storage_options
+    from imgclassify.system.storage import is_url, parse_storage_options
 
     _setup_logging(quiet)
     tune_allocator()
@@ -504,7 +504,9 @@ def predict(
             raise UsageError("--ray-address and --ray-actors need --engine ray")
         options = PredictOptions(
             inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
-            top_k=top_k, workers=workers, output_format=output_format, output=output, manifest=manifest,
+            top_k=top_k, workers=workers, output_format=output_format, manifest=manifest,
+            output=None if output is None or is_url(output) else Path(output),
+            output_url=output if output is not None and is_url(output) else None,
             quiet=quiet, progress=progress, tune_process=True, shard=Shard.parse(shard) if shard is not None else None,
             threshold=threshold, sort=_sort_options(sort_into, sort_mode, dry_run), engine=engine,
             engine_settings=_engine_settings(engine, ray_address, ray_actors),
@@ -826,4 +828,190 @@ def merge(
     if not quiet:
         for warning in summary.warnings:
             typer.echo(f"imgclassify: warning: {warning}", err=True)
+        typer.echo(f"imgclassify: {summary.line()}", err=True)
+
+
+@app.command(cls=Command, short_help="Write one embedding (pooled features) per image: Parquet or .npy.")
+@with_model_options
+def embed(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, directories (walked recursively), quoted globs (** works), or - to read paths from stdin.",
+            show_default=False,
+        ),
+    ],
+    model_options: ModelOptions,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="FILE.parquet (columns path, vector, model, error) or FILE.npy (one float32 row per input, with FILE.jsonl: path, row, error); the run manifest goes to FILE.manifest.json.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ],
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Skip the inputs already in --output and add the rest (same inputs for .npy). Refused when the manifest shows another model or preprocessing.",
+        ),
+    ] = False,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Images per forward pass. Default: 8 on the CPU, 64 on CUDA.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Decoding processes beside the model (0: in the main process).",
+            show_default=False,
+        ),
+    ] = None,
+    max_failures: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-failures",
+            help="Stop (exit 1, output still valid) once more files than N, or N% of the inputs, failed.",
+            show_default=False,
+        ),
+    ] = None,
+    progress: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar on stderr. Default: when stderr is a terminal.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write one embedding per image: the model's pooled features (its last layer's input). Exit 0: all embedded, 1: some failed."""
+    from imgclassify.embed.run import EmbedOptions, run_embed
+
+    _setup_logging(quiet)
+    with reporting_errors():
+        summary = run_embed(
+            EmbedOptions(
+                inputs=paths,
+                output=output,
+                model=model_options,
+                batch_size=batch_size,
+                workers=workers,
+                resume=resume,
+                max_failures=max_failures,
+                quiet=quiet,
+                progress=progress,
+            )
+        )
+    if not quiet:
+        typer.echo(f"imgclassify: {summary.line()}", err=True)
+    raise typer.Exit(summary.exit_code)
+
+
+class FitHead(str, enum.Enum):
+    NEAREST = "nearest"
+    LOGISTIC = "logistic"
+    CENTROID = "centroid"
+
+
+@app.command(cls=Command, short_help="Fit your own categories from a folder of examples.")
+@with_model_options
+def fit(
+    examples: Annotated[
+        Path,
+        typer.Argument(
+            metavar="EXAMPLES_DIR",
+            help="A folder with one folder of example images per category: EXAMPLES_DIR/<category>/*.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ],
+    model_options: ModelOptions,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="MODEL_DIR",
+            help="The model folder to write (new, empty, or an earlier fit's); then run it with --model MODEL_DIR.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ],
+    head: Annotated[
+        FitHead,
+        typer.Option(
+            "--head",
+            **choice(FitHead, "head"),
+            help="nearest (the most similar example; the most accurate in docs/fit.md), logistic (regression) or centroid (each category's mean).",
+        ),
+    ] = FitHead.NEAREST,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cache-dir",
+            help="Where embeddings are kept by file sha256, so a refit embeds only new examples. Default: MODEL_DIR/embedding-cache.",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", "-b", min=1, help="Images per forward pass while embedding.", show_default=False),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Decoding processes while embedding (0: in the main process).",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        ListFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            **choice(ListFormat, "format"),
+            help="The report on stdout: table (per-category cross-validated accuracy, confusion, threshold) or json.",
+        ),
+    ] = ListFormat.TABLE,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit a head on a backbone's features (--model; default: the bundled efficientnet_lite0) from EXAMPLES_DIR/<category>/* and write MODEL_DIR; `--model MODEL_DIR` then classifies into those categories."""
+    from imgclassify.fit.run import FitOptions, run_fit
+
+    _setup_logging(quiet)
+    with reporting_errors():
+        summary = run_fit(
+            FitOptions(
+                examples=examples,
+                output=output,
+                model=model_options,
+                head=head.value,
+                cache_dir=cache_dir,
+                batch_size=batch_size,
+                workers=workers,
+                quiet=quiet,
+            )
+        )
+    if output_format is ListFormat.JSON:
+        typer.echo(json.dumps(summary.to_dict(), indent=1))
+    else:
+        typer.echo(summary.report(), nl=False)
+    if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)

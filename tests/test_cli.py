@@ -136,13 +136,13 @@ def test_no_images_is_a_usage_error_that_says_why(runner: CliRunner, tmp_path: P
     assert "(1 non-image file skipped)" in result.stderr
 
 
-@pytest.mark.parametrize("name", ["results.txt", "results.parquet", "results"])
+@pytest.mark.parametrize("name", ["results.txt", "results.xyz", "results"])
 def test_output_suffix_without_format_is_a_usage_error(runner: CliRunner, tmp_path: Path, name: str) -> None:
     out = tmp_path / name
     result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-o", str(out))
     assert result.exit_code == 2 and not out.exists()
-    assert "names no format; give --format (table, json, jsonl, csv)" in result.stderr
-    assert ".json, .jsonl, .ndjson, .csv" in result.stderr
+    assert "names no format; give --format (table, json, jsonl, csv, parquet)" in result.stderr
+    assert ".json, .jsonl, .ndjson, .csv, .parquet" in result.stderr
     result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-o", str(out), "-f", "jsonl")
     assert result.exit_code == 0 and parse_jsonl(out.read_text())[0]["class_id"] == 282
 
@@ -150,7 +150,7 @@ def test_output_suffix_without_format_is_a_usage_error(runner: CliRunner, tmp_pa
 def test_unknown_choice_names_the_choices(runner: CliRunner) -> None:
     result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "-f", "xml")
     assert result.exit_code == 2
-    assert "'xml' is not a format; the formats are: table, json, jsonl, csv" in result.stderr
+    assert "'xml' is not a format; the formats are: table, json, jsonl, csv, parquet" in result.stderr
     assert "Value error" not in result.stderr
     result = invoke(runner, "predict", str(SAMPLES / "kitten.jpg"), *LITE, "--precision", "int4")
     assert "'int4' is not a precision; the precisions are: fp32, bf16, fp16, int8" in result.stderr
@@ -172,7 +172,7 @@ def test_help_names_values_not_python_types(runner: CliRunner) -> None:
     predict_help = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).stdout
     assert "Usage: imgclassify predict [OPTIONS] {PATH}..." in predict_help
     assert "-m, --model NAME" in predict_help and "-o, --output FILE" in predict_help
-    assert "-f, --format table|json|jsonl|csv" in predict_help
+    assert "-f, --format table|json|jsonl|csv|parquet" in predict_help
     serve_help = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).stdout
     flat = re.sub(r"\s+", " ", serve_help).replace("start- up", "start-up")
     assert "-q, --quiet Only warnings and errors on stderr: no start-up line or request log." in flat

@@ -65,11 +65,11 @@ def write(path: Path, fmt: OutputFormat, records: list[Prediction], top_k: int) 
 
 def test_every_row_is_its_format() -> None:
     names = [fmt.value for fmt in OutputFormat]
-    assert names == ["table", "json", "jsonl", "csv"] and len(set(names)) == len(names)
+    assert names == ["table", "json", "jsonl", "csv", "parquet"] and len(set(names)) == len(names)
     for fmt in OutputFormat:
         assert fmt.record_format.name == fmt.value == fmt
         assert OutputFormat(fmt.value) is fmt
-    assert [fmt.value for fmt in READABLE] == ["json", "jsonl", "csv"]
+    assert [fmt.value for fmt in READABLE] == ["json", "jsonl", "csv", "parquet"]
     assert APPENDABLE == [OutputFormat.JSONL, OutputFormat.CSV]
 
 
@@ -84,7 +84,7 @@ def test_every_suffix_maps_back_to_its_format(tmp_path: Path) -> None:
             assert SUFFIX_FORMATS[suffix] is fmt
             if fmt.record_format.readable:
                 assert detect_format(tmp_path / f"missing{suffix}") is fmt  # the suffix alone: no file read
-    assert set(SUFFIX_FORMATS) == seen == {".json", ".jsonl", ".ndjson", ".csv"}
+    assert set(SUFFIX_FORMATS) == seen == {".json", ".jsonl", ".ndjson", ".csv", ".parquet"}
     assert format_for_suffix(Path("out.txt")) is None and format_for_suffix(Path("out")) is None
 
 
@@ -92,7 +92,7 @@ def test_report_format_takes_the_readable_names_only() -> None:
     assert readable_format("JSONL") is OutputFormat.JSONL
     for fmt in READABLE:
         assert readable_format(fmt.value) is fmt
-    with pytest.raises(ResultsFormatError, match=r"unknown --format 'table'; use json, jsonl or csv"):
+    with pytest.raises(ResultsFormatError, match=r"unknown --format 'table'; use json, jsonl, csv or parquet"):
         readable_format("table")
     with pytest.raises(ResultsFormatError, match="unknown --format 'xml'"):
         readable_format("xml")

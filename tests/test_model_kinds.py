@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import LABELLED, SAMPLES, parse_jsonl
+from conftest import LABELLED, SAMPLES
 from imgclassify import load_classifier
 from imgclassify.cli import app
 from imgclassify.errors import CheckpointError, UnknownModelError, UsageError, WeightsUnavailableError
@@ -36,11 +36,15 @@ TIMM_LABELS = ["ant", "bee", "cat", "dog", "eel"]
 VIT_LABELS = ["apple", "banana", "cherry"]
 PHOTOS = [str(SAMPLES / "kitten.jpg"), str(SAMPLES / "labrador.jpg")]
 #: EfficientNet-Lite0's own recipe, for the exported files that carry none
-LITE0_RECIPE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic"}
+LITE0_RECIPE: dict[str, Any] = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic"}
 
 
-def invoke(runner: CliRunner, *args: str):  # type: ignore[no-untyped-def]
+def invoke(runner: CliRunner, *args: object):  # type: ignore[no-untyped-def]
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def records(output: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.read_text().splitlines() if line.strip()]
 
 
 def manifest_of(output: Path) -> dict[str, Any]:
@@ -121,11 +125,11 @@ def _tiny_vit(folder: Path, *, multi_label: bool = False) -> Path:
     torch.manual_seed(1)
     config = ViTConfig(
         image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=3, id2label=dict(enumerate(VIT_LABELS)),
+        intermediate_size=64, id2label=dict(enumerate(VIT_LABELS)),
         label2id={name: i for i, name in enumerate(VIT_LABELS)},
         problem_type="multi_label_classification" if multi_label else None,
     )  # fmt: skip
-    model = ViTForImageClassification(config).eval()
+    model = ViTForImageClassification(config).eval()  # type: ignore[no-untyped-call]
     if multi_label:  # scores far apart, whatever the image: sigmoid(2, 0, -2) = 0.88, 0.5, 0.12
         with torch.no_grad():
             model.classifier.weight.mul_(0.001)
@@ -160,11 +164,11 @@ def test_timm_name_with_safetensors_weights(runner: CliRunner, tiny_timm: dict[s
     result = invoke(runner, "predict", *PHOTOS, "-m", f"timm:{TIMM_NAME}", "--weights", tiny_timm["safetensors"],
                     "-k", "5", "-o", out)  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    rows = parse_jsonl(out.read_text())
+    rows = records(out)
     assert len(rows) == 2
     for row in rows:
-        assert sorted(c["class_name"] for c in row["top_k"]) == [f"class_{i}" for i in range(5)]  # type: ignore[union-attr]
-        assert sum(c["probability"] for c in row["top_k"]) == pytest.approx(1, abs=1e-5)  # type: ignore[union-attr]
+        assert sorted(c["class_name"] for c in row["top_k"]) == [f"class_{i}" for i in range(5)]
+        assert sum(c["probability"] for c in row["top_k"]) == pytest.approx(1, abs=1e-5)
     manifest = manifest_of(out)
     assert manifest["model"]["kind"] == "timm" and manifest["model"]["name"] == f"timm:{TIMM_NAME}"
     assert manifest["model"]["source"]["name"] == TIMM_NAME
@@ -210,9 +214,9 @@ def test_timm_folder_gives_its_label_names(runner: CliRunner, tiny_timm: dict[st
         out = tmp_path / f"{key}.jsonl"
         result = invoke(runner, "predict", *PHOTOS, "-m", tiny_timm[key], "-k", "5", "-o", out)
         assert result.exit_code == 0, result.stderr
-        for row in parse_jsonl(out.read_text()):
+        for row in records(out):
             assert row["class_name"] in TIMM_LABELS
-            assert sorted(c["class_name"] for c in row["top_k"]) == sorted(TIMM_LABELS)  # type: ignore[union-attr]
+            assert sorted(c["class_name"] for c in row["top_k"]) == sorted(TIMM_LABELS)
         manifest = manifest_of(out)
         assert manifest["model"]["kind"] == "timm" and manifest["labels"]["source"] == "model"
         assert manifest["model"]["files"] == [
@@ -224,7 +228,7 @@ def test_timm_folder_gives_its_label_names(runner: CliRunner, tiny_timm: dict[st
         SAMPLES / "kitten.jpg"
     )
     assert (safetensors.class_id, safetensors.probability) == (state_dict.class_id, state_dict.probability)
-    assert safetensors.class_name == TIMM_LABELS[state_dict.class_id]
+    assert state_dict.class_id is not None and safetensors.class_name == TIMM_LABELS[state_dict.class_id]
 
 
 @pytest.mark.parametrize(
@@ -272,7 +276,7 @@ def test_timm_pretrained_weights_come_from_the_hf_cache(
     out = tmp_path / "out.jsonl"
     result = invoke(runner, "predict", PHOTOS[0], "-m", f"timm:{TIMM_NAME}", "-o", out)
     assert result.exit_code == 0, result.stderr
-    assert parse_jsonl(out.read_text())[0]["class_name"] in [f"class_{i}" for i in range(5)]  # the file's 5 classes
+    assert records(out)[0]["class_name"] in [f"class_{i}" for i in range(5)]  # the file's 5 classes
     weights = manifest_of(out)["weights"]
     assert weights["source"] == "cache" and weights["path"] == str(snapshot / "model.safetensors")
 
@@ -301,9 +305,9 @@ def test_hf_repository_from_the_cache_with_hf_hub_offline(
     out = tmp_path / "out.jsonl"
     result = invoke(runner, "predict", *PHOTOS, "-m", "hf:org/vit3", "-k", "3", "-o", out)
     assert result.exit_code == 0, result.stderr
-    for row in parse_jsonl(out.read_text()):
+    for row in records(out):
         assert row["class_name"] in VIT_LABELS
-        assert sum(c["probability"] for c in row["top_k"]) == pytest.approx(1, abs=1e-5)  # type: ignore[union-attr]
+        assert sum(c["probability"] for c in row["top_k"]) == pytest.approx(1, abs=1e-5)
     manifest = manifest_of(out)
     snapshot = empty_hf_cache / "models--org--vit3" / "snapshots" / hf_cache["main"]
     assert manifest["model"]["kind"] == "transformers" and manifest["model"]["name"] == "hf:org/vit3"
@@ -317,7 +321,7 @@ def test_hf_repository_from_the_cache_with_hf_hub_offline(
     timm_out = tmp_path / "timm.jsonl"
     result = invoke(runner, "predict", PHOTOS[0], "-m", "hf:org/tiny-timm", "-o", timm_out)
     assert result.exit_code == 0, result.stderr
-    assert parse_jsonl(timm_out.read_text())[0]["class_name"] in TIMM_LABELS
+    assert records(timm_out)[0]["class_name"] in TIMM_LABELS
     assert manifest_of(timm_out)["model"]["kind"] == "timm"
 
 
@@ -359,9 +363,9 @@ def test_transformers_vit_labels_and_preprocessing(
     out = tmp_path / "out.jsonl"
     result = invoke(runner, "predict", *PHOTOS, "-m", folder, "-k", "3", "-o", out)
     assert result.exit_code == 0, result.stderr
-    for row in parse_jsonl(out.read_text()):
+    for row in records(out):
         assert row["class_name"] in VIT_LABELS and row["wnid"] is None
-        assert sorted(c["class_name"] for c in row["top_k"]) == VIT_LABELS  # type: ignore[union-attr]
+        assert sorted(c["class_name"] for c in row["top_k"]) == VIT_LABELS
     manifest = manifest_of(out)
     model = manifest["model"]
     assert model["kind"] == "transformers" and model["architecture"] == "ViTForImageClassification"
@@ -415,8 +419,8 @@ def test_multi_label_cli_manifest_and_records(runner: CliRunner, vit_folders: di
     result = invoke(runner, "predict", *PHOTOS, "-m", vit_folders["multi"], "-k", "3", "--threshold", "0.4", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert manifest_of(out)["scores"] == "sigmoid"
-    for row in parse_jsonl(out.read_text()):
-        scores = [c["probability"] for c in row["top_k"]]  # type: ignore[union-attr]
+    for row in records(out):
+        scores = [c["probability"] for c in row["top_k"]]
         assert sum(scores) > 1.2 and row["confident"] is True
     forced = tmp_path / "forced.jsonl"  # --multi-label on a single-label model
     result = invoke(runner, "predict", PHOTOS[0], "-m", vit_folders["vit"], "--multi-label", "-o", forced)
@@ -429,8 +433,8 @@ def test_multi_label_cli_lists_every_class_above_the_threshold_at_k_1(
     out = tmp_path / "out.jsonl"
     result = invoke(runner, "predict", PHOTOS[0], "-m", vit_folders["multi"], "--threshold", "0.4", "-o", out)
     assert result.exit_code == 0, result.stderr
-    (row,) = parse_jsonl(out.read_text())
-    assert [c["class_name"] for c in row.get("top_k") or []] == ["apple", "banana"]  # type: ignore[union-attr]
+    (row,) = records(out)
+    assert [c["class_name"] for c in row.get("top_k") or []] == ["apple", "banana"]
 
 
 # -- exported files ---------------------------------------------------------------------------------
@@ -452,7 +456,7 @@ def exported_lite0(tmp_path_factory: pytest.TempPathFactory, lite0) -> dict[str,
             net, (example,), str(files["onnx"]), input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
         )  # fmt: skip
-        torch.jit.save(torch.jit.trace(net, example), str(files["torchscript"]))  # type: ignore[no-untyped-call]
+        torch.jit.save(torch.jit.trace(net, example), str(files["torchscript"]))
         torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 224, 224),)), str(files["export"]))
     return files
 
@@ -485,7 +489,9 @@ def test_exported_lite0_agrees_with_the_bundled_model_on_the_labelled_photos(  #
     top5 = sum([c.class_id for c in a.top] == [c.class_id for c in b.top] for a, b in zip(bundled, got, strict=True))
     x = _decoded(lite0, files)
     difference = float((lite0.forward_uint8(x) - exported.forward_uint8(x)).abs().max())
-    print(f"\n{kind}: top-1 {top1}/50 identical, top-5 {top5}/50 identical, max probability difference {difference:.2e}")
+    print(
+        f"\n{kind}: top-1 {top1}/50 identical, top-5 {top5}/50 identical, max probability difference {difference:.2e}"
+    )
     record_property(f"{kind}_agreement", {"top1": top1, "top5": top5, "max_prob_diff": difference})
     assert top1 == 50 and top5 == 50
     assert difference < 1e-4
@@ -500,7 +506,7 @@ def test_exported_files_by_the_cli(runner: CliRunner, exported_lite0: dict[str, 
         out = tmp_path / f"{kind}.jsonl"
         result = invoke(runner, "predict", SAMPLES / "kitten.jpg", "-m", path, *recipe, "-o", out)
         assert result.exit_code == 0, result.stderr
-        (row,) = parse_jsonl(out.read_text())
+        (row,) = records(out)
         assert row["class_name"] == "tiger_cat" and row["probability"] == pytest.approx(0.558487, abs=1e-4)
         manifest = manifest_of(out)
         assert manifest["model"]["kind"] == {"onnx": "onnx", "torchscript": "torchscript"}.get(kind, "torch.export")
@@ -526,22 +532,20 @@ def fixed_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_fixed_size_onnx_sets_the_crop_and_runs_in_chunks(
-    runner: CliRunner, fixed_onnx: Path, tmp_path: Path
-) -> None:
+def test_fixed_size_onnx_sets_the_crop_and_runs_in_chunks(runner: CliRunner, fixed_onnx: Path, tmp_path: Path) -> None:
     photos = [*PHOTOS, str(SAMPLES / "brittany.jpg")]
     outputs = {}
     for batch in ("3", "1"):
         out = tmp_path / f"b{batch}.jsonl"
         result = invoke(runner, "predict", *photos, "-m", fixed_onnx, "-b", batch, "-k", "5", "-o", out)
         assert result.exit_code == 0, result.stderr
-        outputs[batch] = parse_jsonl(out.read_text())
+        outputs[batch] = records(out)
     assert outputs["3"] == outputs["1"]  # a batch of 3 ran as three chunks of the graph's 1
     assert {str(row["class_name"])[: len("class_")] for row in outputs["3"]} == {"class_"}
     manifest = manifest_of(tmp_path / "b3.jsonl")
     assert manifest["model"]["kind"] == "onnx" and manifest["backend"] == "onnxruntime"
     assert (manifest["preprocessing"]["crop"], manifest["preprocessing"]["resize"]) == (64, 73)  # 64 * 256 / 224
-    backend = load_classifier(str(fixed_onnx), device="cpu").backend
+    backend: Any = load_classifier(str(fixed_onnx), device="cpu").backend
     assert getattr(backend, "inner", backend).fixed_batch == 1  # under the out-of-memory halving
     with_crop = load_classifier(str(fixed_onnx), device="cpu", crop=64, resize=64)
     assert with_crop.preprocess_config.resize_size == 64
@@ -558,7 +562,7 @@ def test_a_weights_file_is_not_a_model(runner: CliRunner, tiny_timm: dict[str, P
 def test_crop_alone_keeps_the_ratio_and_overrides_apply(runner: CliRunner, tmp_path: Path) -> None:
     plan_pre = load_classifier("efficientnet_lite0", device="cpu", crop=288).preprocess_config
     assert (plan_pre.resize_size, plan_pre.crop_size) == (329, 288)  # 288 * 256 / 224 = 329.1
-    options = ModelOptions(resize=300, crop=288, interpolation="nearest", mean="0.1,0.2,0.3", std=[1, 2, 3])
+    options = ModelOptions(resize=300, crop=288, interpolation="nearest", mean="0.1,0.2,0.3", std=[1, 2, 3])  # type: ignore[arg-type]
     pre = options.preprocess_overrides(plan_pre)
     assert (pre.resize_size, pre.crop_size, pre.interpolation.value) == (300, 288, "nearest")
     assert pre.mean == (0.1, 0.2, 0.3) and pre.std == (1.0, 2.0, 3.0)
@@ -582,7 +586,7 @@ def test_bad_override_is_a_usage_error(runner: CliRunner, args: list[str], expec
     assert result.exit_code == 2 and expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     with pytest.raises(UsageError):
-        ModelOptions(mean="1,2")
+        ModelOptions(mean="1,2")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from imgclassify.errors import UsageError
 from imgclassify.results.formats import (
     OutputFormat,
     ResultsFormatError,
+    csv_text,
     detect_format,
     format_for_suffix,
     read_records,
@@ -159,6 +160,30 @@ def test_row_groups_stream_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert read == [0, 1] and rest[-1]["path"] == records[1000].path
     assert [first, *rest, *stream] == [p.to_dict(top_k=True) for p in records]
     assert read == [0, 1, 2]
+
+
+def test_an_interrupted_run_leaves_a_whole_file(tmp_path: Path) -> None:
+    """SIGINT (and SIGTERM) stop the run between batches: the writer still closes, footer and manifest written."""
+    from imgclassify.run.runner import RunSummary, _Sink
+    from imgclassify.run.settings import RunSettings
+
+    records = synthetic(2500)
+
+    def batches() -> Iterator[list[Prediction]]:
+        yield records[:300]
+        yield records[300:1200]
+        raise KeyboardInterrupt
+
+    summary = RunSummary(model="fake")
+    sink = _Sink(
+        OutputFormat.PARQUET, RunSettings(batch_size=300, top_k=3), summary, manifest=lambda: {"status": summary.status}
+    )
+    path = tmp_path / "out.parquet"
+    with open(path, "w", encoding="utf-8", newline="") as stream:
+        sink.consume(batches(), len(records), stream, io.StringIO(), False)
+    assert summary.status == "interrupted"
+    assert list(read_records(path)) == [p.to_dict(top_k=True) for p in records[:1200]]
+    assert file_metadata(path) == {"format_version": 1, "manifest": {"status": "interrupted"}}
 
 
 def test_a_file_cut_short_is_an_error_naming_why(tmp_path: Path) -> None:
@@ -323,14 +348,19 @@ def test_merge_reads_and_writes_parquet(
 
 @pytest.mark.slow
 def test_report_reads_parquet(runs: Path, tmp_path: Path, runner: CliRunner) -> None:
-    report = tmp_path / "report.html"
-    result = runner.invoke(app, ["report", str(runs / "k3.parquet"), "-o", str(report), "--base-dir", str(runs)])
-    assert result.exit_code == 0, result.stderr
-    assert (
-        "7 records (6 classified, 1 failed)" in result.stderr and "manifest k3.parquet.manifest.json" in result.stderr
+    def page(results: str) -> tuple[str, dict[str, Any]]:
+        report = tmp_path / f"{results}.html"
+        result = runner.invoke(app, ["report", str(runs / results), "-o", str(report), "--base-dir", str(runs)])
+        assert result.exit_code == 0, result.stderr
+        found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', report.read_text(), re.S)
+        assert found is not None
+        return result.stderr, json.loads(found.group(1))
+
+    stderr, data = page("k3.parquet")
+    summary = (
+        f"7 records (6 classified, 1 failed), 6 classes, 6 thumbnails, manifest {runs / 'k3.parquet.manifest.json'}"
     )
-    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', report.read_text(), re.S)
-    assert found is not None
-    data = json.loads(found.group(1))
-    assert data["counts"]["classified"] == 6
-    assert [r["path"] for r in data["records"]] == [r["path"] for r in read_records(runs / "k3.jsonl")]
+    assert summary in stderr  # every photo found, the name that is not UTF-8 too
+    assert [r["path"] for r in data["records"]] == [csv_text(r["path"]) for r in read_records(runs / "k3.jsonl")]
+    _, from_jsonl = page("k3.jsonl")
+    assert data["records"] == from_jsonl["records"] and data["counts"] == from_jsonl["counts"]  # the same page

@@ -86,7 +86,7 @@ class ScriptCounter(html.parser.HTMLParser):
 # --- the reader ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", [OutputFormat.JSON, OutputFormat.JSONL, OutputFormat.CSV])
+@pytest.mark.parametrize("fmt", [OutputFormat.JSON, OutputFormat.JSONL, OutputFormat.CSV, OutputFormat.PARQUET])
 def test_reader_reads_every_format(tmp_path: Path, fmt: OutputFormat) -> None:
     preds = [prediction(f"photos/{i}.jpg", i) for i in range(4)]
     preds.insert(2, Prediction('photos/bad, "quoted".jpg', error="truncated image file"))
@@ -241,7 +241,7 @@ def test_cli_errors_and_summary(tmp_path: Path, runner: CliRunner) -> None:
     result = runner.invoke(app, ["report", str(odd), "-o", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and "--format" in result.stderr
     result = runner.invoke(app, ["report", str(odd), "--format", "xml"])
-    assert result.exit_code == 2 and "use json, jsonl or csv" in result.stderr
+    assert result.exit_code == 2 and "use json, jsonl, csv or parquet" in result.stderr
     results = write_results(tmp_path / "r.jsonl", [prediction(str(PHOTOS[0]), 0)], OutputFormat.JSONL)
     result = runner.invoke(app, ["report", str(results), "-o", str(tmp_path / "r.html"), "--thumbnail-size", "64"])
     assert result.exit_code == 0, result.stderr

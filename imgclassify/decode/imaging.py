@@ -5,8 +5,10 @@ one bad file never stops a run nor touches the other files' results.
 
 Memory: one image's peak is bounded by its decoded size (which ``DecodeOptions.max_pixels``
 bounds), never by its shape or by what its header claims; see README, "Bad input". Mode
-conversions run tile by tile, the EXIF rotation happens in place, and preprocessing resizes only
-the part of the image the center crop keeps, so a 1 x 100,000 image never becomes 25,600,000 x 256.
+conversions run tile by tile, the EXIF rotation happens in place (or, for a photo resized on
+torch's kernels, on the resized image: :mod:`imgclassify.decode.resize`), and preprocessing
+resizes only the part of the image the center crop keeps, so a 1 x 100,000 image never becomes
+25,600,000 x 256.
 
 Importing this module changes nothing process-wide: Pillow's ``MAX_IMAGE_PIXELS`` is left as it
 is (our own limit is checked instead), and HEIF files are read through pillow-heif's plugin
@@ -247,7 +249,8 @@ def _truncated_images_allowed(allow: bool) -> Iterator[None]:
 class DecodeOptions:
     """How files are decoded: shared by ``predict`` and ``serve``."""
 
-    #: decode JPEGs of at least twice the needed size at reduced scale (faster, pixels differ slightly)
+    #: decode JPEGs of at least twice the needed size at reduced scale, and resize every image made
+    #: smaller on torch's uint8 kernels (faster, pixels differ slightly)
     fast: bool = False
     #: accept truncated files (the missing part is grey) instead of an error
     allow_truncated: bool = False

@@ -3,13 +3,14 @@
 torch's ``interpolate(..., antialias=True)`` on a uint8 channels-last tensor runs AVX2 kernels
 ported from Pillow-SIMD: Pillow's filters and geometry, two passes (rows, then columns) rounded
 to uint8 in between, but with 16-bit fixed-point weights where Pillow's have 22 bits, so a value
-may end a level apart (measured in docs/performance.md, "Resize": 0.01-0.3% of the values, a
-handful in ten million 2 levels apart; top-1 unchanged). It is 5-10x faster on large photos (a
-12 MP photo to 256 on one core: Pillow 56 ms bicubic, torch 6). The exact path takes it when the
-shorter side is at least :data:`TORCH_FACTOR` times the resize size (1024 px for 256: photos of a
-megapixel and more); under that Pillow's resize costs under 10 ms and keeps torchvision's pixels
-exactly (ImageNet-sized and web photos, and the outputs recorded for them).
-``--fast-decode``, whose pixels differ from the exact decode anyway, takes it at any downscale.
+may end a level apart (docs/performance.md, "Resize on torch's uint8 kernels": on 12 MP
+photos 0.03-0.14% of the values, none 2 apart; top-1 unchanged). It is 6-9x faster on large
+photos (a 12 MP photo to 256 on one core: Pillow 110 ms bicubic, torch 12). The exact path
+takes it when the shorter side is at least :data:`TORCH_FACTOR` times the resize size (1024 px
+for 256: photos of a megapixel and more); under that Pillow's resize costs under 10 ms and
+keeps torchvision's pixels exactly (ImageNet-sized and web photos, and the outputs recorded for
+them). ``--fast-decode``, whose pixels differ from the exact decode anyway, takes it at any
+downscale (within 2 levels of Pillow's resize of the same decoded pixels).
 
 The pixels are read where Pillow decoded them: Pillow stores RGB as RGBX, 4 bytes a pixel, and
 exports an image held in one memory block through the Arrow C data interface; that is viewed

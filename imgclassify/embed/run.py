@@ -1,5 +1,7 @@
-"""A whole ``embed`` run: expand the inputs, plan and load the model as a feature extractor, stream
-one vector per image to the output, keep the run manifest (``FILE.manifest.json``), summarize.
+"""A whole ``embed`` run: inputs expanded, the model loaded as a feature extractor, vectors streamed out.
+
+One vector per image goes to the output as batches come; the run manifest
+(``FILE.manifest.json``) is kept as ``predict`` keeps it; a summary is returned.
 
 The CLI builds an :class:`EmbedOptions` and calls :func:`run_embed`. ``--resume`` skips the inputs
 already in the output, and is refused when the manifest shows another model or preprocessing

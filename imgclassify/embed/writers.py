@@ -72,7 +72,11 @@ def _pyarrow() -> Any:
         import pyarrow
         import pyarrow.parquet
     except ImportError:
-        raise UsageError("Parquet output needs pyarrow: pip install pyarrow (or write --output FILE.npy)") from None
+        from imgclassify.extras import install_hint
+
+        raise UsageError(
+            f"Parquet output needs pyarrow (the parquet extra): {install_hint('parquet')}; or write --output FILE.npy"
+        ) from None
     return pyarrow
 
 

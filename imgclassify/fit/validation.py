@@ -14,6 +14,7 @@ kept and the share rejected), in the middle of the best range, to two decimals.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,7 @@ class CrossValidation:
 
     @property
     def balanced_accuracy(self) -> float:
-        shares = [row["accuracy"] for row in self.per_category() if row["accuracy"] is not None]
+        shares = [float(row["accuracy"]) for row in self.per_category() if row["accuracy"] is not None]
         return sum(shares) / max(1, len(shares))
 
     def threshold_shares(self, threshold: float | None) -> dict[str, float | None]:
@@ -92,7 +93,9 @@ class CrossValidation:
             ],
             "confusion": {"categories": self.categories, "rows_true_columns_predicted": self.confusion()},
             "threshold": self.threshold,
-            "at_threshold": {k: None if v is None else round(v, 4) for k, v in self.threshold_shares(self.threshold).items()},
+            "at_threshold": {
+                k: None if v is None else round(v, 4) for k, v in self.threshold_shares(self.threshold).items()
+            },
             "unknown_scored": len(self.unknown),
         }
 
@@ -113,7 +116,7 @@ def choose_threshold(right: Sequence[float], rest: Sequence[float]) -> float | N
     if not right or not rest:
         return None
     values = sorted(set(right) | set(rest))
-    cuts = [values[0] / 2] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)] + [(values[-1] + 1) / 2]
+    cuts = [values[0] / 2] + [(a + b) / 2 for a, b in itertools.pairwise(values)] + [(values[-1] + 1) / 2]
 
     def score(cut: float) -> float:
         kept = sum(v >= cut for v in right) / len(right)

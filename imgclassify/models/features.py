@@ -5,8 +5,8 @@ input of its last layer, one vector per image): timm models through ``forward_fe
 ``forward_head(pre_logits=True)``, every other module (torchvision's architectures, the bundled
 EfficientNet-Lite0 and DenseNet-121, transformers' models) with its last ``Linear`` of one row per
 class replaced by ``Identity``; a fitted model (:class:`FittedNet`) gives its backbone's.
-:class:`FittedNet` is what ``imgclassify fit`` writes, run: backbone features, then a linear head on
-the (centred, L2-normalized) features, one logit per category. Imports torch.
+:class:`FittedNet` is what ``imgclassify fit`` writes, run: backbone features, then a head on the
+(signed-power, centred, L2-normalized) features, one logit per category. Imports torch.
 """
 
 from __future__ import annotations
@@ -53,21 +53,46 @@ class Flattened(nn.Module):
 
 
 class FittedNet(nn.Module):
-    """Backbone features -> (minus ``center``) -> L2-normalized -> ``head`` (one logit per category)."""
+    """Backbone features -> signed ``power`` -> minus ``center`` -> L2-normalized -> the head: logit k is
+    ``scale`` times the largest similarity (dot product) with the ``weight`` rows of category k
+    (``members``), plus ``bias`` k. One row per category is a linear layer (logistic, centroid);
+    one per example, the nearest example (see :mod:`imgclassify.fit.heads`)."""
 
-    def __init__(self, backbone: nn.Module, weight: torch.Tensor, bias: torch.Tensor, center: torch.Tensor) -> None:
+    weight: torch.Tensor
+    mask: torch.Tensor
+    bias: torch.Tensor
+    center: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        weight: torch.Tensor,
+        members: torch.Tensor,
+        bias: torch.Tensor,
+        center: torch.Tensor,
+        scale: float,
+        power: float,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.scale, self.power = float(scale), float(power)
+        categories = int(bias.shape[0])
+        mask = torch.full((categories, int(weight.shape[0])), -1e9)
+        mask[members.long(), torch.arange(int(weight.shape[0]))] = 0.0
+        self.register_buffer("weight", weight.detach().to(torch.float32).clone())
+        self.register_buffer("mask", mask)
+        self.register_buffer("bias", bias.detach().to(torch.float32).clone())
         self.register_buffer("center", center.detach().to(torch.float32).clone())
-        self.head = nn.Linear(int(weight.shape[1]), int(weight.shape[0]))
-        with torch.no_grad():
-            self.head.weight.copy_(weight)
-            self.head.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)
-        centred = features - self.center.to(features.dtype)
-        out: torch.Tensor = self.head(nn.functional.normalize(centred, dim=1))
+        features = self.backbone(x).float()
+        if self.power != 1.0:
+            features = features.sign() * features.abs().pow(self.power)
+        prepared = nn.functional.normalize(features - self.center, dim=1)
+        similarity = prepared @ self.weight.T  # (N, rows)
+        best = (similarity.unsqueeze(1) + self.mask).amax(dim=2)  # (N, categories)
+        out: torch.Tensor = self.scale * best + self.bias
         return out
 
 

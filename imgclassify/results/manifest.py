@@ -368,7 +368,8 @@ class Manifest:
         compared: tuple[tuple[str, Any, Any], ...] = (
             ("model", mine.model.name, theirs.model.name),
             ("model kind", mine.model.kind or "registry", theirs.model.kind or "registry"),
-            ("model source", mine.model.source, theirs.model.source),
+            # where a local file or folder lies is not compared (its files' hashes are): the Hub's repo and commit are
+            ("model source", _where(mine.model.source), _where(theirs.model.source)),
             ("model files sha256", _hashes(mine.model.files), _hashes(theirs.model.files)),
             ("weights sha256", mine.weights.sha256, theirs.weights.sha256),
         )
@@ -499,6 +500,10 @@ class RunManifest:
         manifest.status, manifest.finished_at, manifest.counts = status, utc_now(), counts
         manifest.elapsed_s, manifest.engine = elapsed_s, engine
         manifest.write(self.path)
+
+
+def _where(source: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {k: v for k, v in source.items() if k != "path"} or None if source else None
 
 
 def _hashes(files: list[dict[str, str]] | None) -> list[str] | None:

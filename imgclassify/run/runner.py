@@ -85,6 +85,9 @@ class PredictOptions:
     #: ``--storage-option KEY=VALUE`` parsed (:func:`~imgclassify.system.storage.parse_storage_options`):
     #: keyword arguments for the fsspec filesystems URL inputs are read with; only the keys are recorded
     storage_options: dict[str, Any] = field(default_factory=dict)
+    #: ``--output`` as a URL (``s3://bucket/out.jsonl``): written to a local temporary, then put
+    #: there with its manifest beside it (:mod:`imgclassify.run.remote_output`); the manifest records it
+    output_url: str | None = None
 
 
 @dataclass
@@ -287,7 +290,7 @@ def _run_info(options: PredictOptions, fmt: OutputFormat) -> RunInfo:
         top_k=options.top_k,
         workers=options.workers,
         format=fmt.value,
-        output=str(options.output) if options.output else None,
+        output=options.output_url or (str(options.output) if options.output else None),
         resume=options.resume,
         max_failures=options.max_failures,
         shard=options.shard.describe() if options.shard else None,
@@ -303,6 +306,11 @@ def run_predict(
     options: PredictOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> RunSummary:
     """Run a classification job as the CLI does. Returns the summary; raises ImgclassifyError on usage errors."""
+    if options.output_url is not None and options.output is None:  # -o s3://...: a local run, then uploaded
+        from imgclassify.run.remote_output import staged_output
+
+        with staged_output(options, Storage(options.storage_options)) as staged:
+            return run_predict(staged, stdin=stdin, stdout=stdout, stderr=stderr)
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr

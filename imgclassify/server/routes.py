@@ -259,9 +259,10 @@ def classify(state: AppState, uploads: list[Any], top_k: int, threshold: float |
     while in_flight:
         collect()
     probs = torch.cat(rows) if rows else None
-    predictions = classifier.renderer(top_k, threshold).render([name or "" for name in names], probs, errors)
+    renderer = classifier.renderer(top_k, threshold)
+    predictions = renderer.render([name or "" for name in names], probs, errors)
     return [
-        tutorial_record(prediction, name, classifier.name, with_top_k=top_k > 1)
+        tutorial_record(prediction, name, classifier.name, with_top_k=renderer.lists_candidates)
         for prediction, name in zip(predictions, names, strict=True)
     ]
 

@@ -2,11 +2,11 @@
 
 Such a file carries no preprocessing and no labels: the ImageNet recipe is the default (shorter
 side 256, center crop 224, bilinear, ImageNet mean and std) and ``--resize``, ``--crop``,
-``--interpolation``, ``--mean``, ``--std``, ``--labels`` say otherwise. When the file fixes its
-input size (an ONNX graph's or an exported program's input shape), the crop follows it. A file
-that fixes its batch size is run in chunks of that size. TorchScript and exported programs run on
-the torch backends; ONNX files on ONNX Runtime (``--backend onnxruntime``, the default for them)
-or OpenVINO.
+``--interpolation``, ``--mean``, ``--std``, ``--labels`` say otherwise. When an ONNX graph fixes
+its input size, the crop follows it; a TorchScript or exported program made for another size
+than 224 needs ``--crop N`` (its load check says so). A file that fixes its batch size is run in
+chunks of that size, the last one padded. TorchScript and exported programs run on the torch
+backend; ONNX files on ONNX Runtime (``--backend onnxruntime``, the default for them).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The folder holds ``imgclassify_head.json`` (its marker: the categories, the backbone's reference
 and its weights' sha256, the head's kind and file, the preprocessing, the threshold measured by
-cross-validation), ``head.safetensors`` (``weight`` [categories, features], ``bias``, ``center``
-[features]) and ``fit_manifest.json`` (the examples it was fitted on, with their sha256, and the
+cross-validation), ``head.safetensors`` (``weight`` [rows, features], ``members`` [rows],
+``bias`` [categories], ``center`` [features]: see :class:`~imgclassify.models.features.FittedNet`) and ``fit_manifest.json`` (the examples it was fitted on, with their sha256, and the
 cross-validation). Resolving plans the backbone (any ``--model`` reference: the bundled
 EfficientNet-Lite0 by default) and refuses weights other than those the head was fitted on; the
 net is :class:`~imgclassify.models.features.FittedNet`, so every backend, engine and the server
@@ -69,7 +69,14 @@ def read_config(folder: Path, what: str) -> dict[str, Any]:
         )
     try:
         categories = [str(c) for c in data["categories"]]
-        data["backbone"]["model"], data["backbone"]["weights_sha256"], data["head"]["file"]
+        for section, key in (
+            ("backbone", "model"),
+            ("backbone", "weights_sha256"),
+            ("head", "file"),
+            ("head", "scale"),
+        ):
+            data[section][key]
+        float(data["head"]["power"])
         preprocess_from_dict(data["preprocessing"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UnknownModelError(f"{what}: {path} lacks {exc}: fit the folder again") from None
@@ -113,7 +120,7 @@ def resolve_folder(ref: ModelRef, folder: Path, options: ModelOptions, *, source
         kind=ModelKind.FITTED, spec=spec, weights_path=head, weights_source=WeightsSource.FILE,
         source={**source, "backbone": backbone_ref}, files=(folder / CONFIG_NAME, backbone.weights_path, *backbone.files),
         model_labels=LabelSet(tuple(Label(None, c) for c in categories), LabelsSource.MODEL, folder / CONFIG_NAME),
-        extra={"backbone": backbone, "threshold": config.get("threshold")},
+        extra={"backbone": backbone, "head": dict(config["head"]), "threshold": config.get("threshold")},
     )  # fmt: skip
 
 
@@ -122,15 +129,22 @@ def load(plan: ModelPlan) -> LoadedModel:
     from imgclassify.models.weights import read_state_dict
 
     state = read_state_dict(plan.weights_path)
+    head = plan.extra["head"]
     try:
-        weight, bias, center = state["weight"], state["bias"], state["center"]
-    except KeyError as exc:
-        raise CheckpointError(f"{plan.weights_path} lacks the tensor {exc}: fit the folder again") from None
+        weight, members, bias, center = state["weight"], state["members"], state["bias"], state["center"]
+        scale, power = float(head["scale"]), float(head["power"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{plan.weights_path}: the head lacks {exc}: fit the folder again") from None
     categories = plan.spec.num_classes
-    if weight.ndim != 2 or weight.shape[0] != categories or bias.shape != (categories,) or center.shape != weight.shape[1:]:
+    rows = int(weight.shape[0]) if weight.ndim == 2 else -1
+    if (
+        rows < 1 or bias.shape != (categories,) or members.shape != (rows,) or center.shape != weight.shape[1:]
+        or int(members.min()) < 0 or int(members.max()) >= categories
+    ):  # fmt: skip
         raise CheckpointError(
-            f"{plan.weights_path}: head tensors of shapes {tuple(weight.shape)}, {tuple(bias.shape)}, "
-            f"{tuple(center.shape)} do not fit {categories} categories: fit the folder again"
+            f"{plan.weights_path}: head tensors of shapes {tuple(weight.shape)}, {tuple(members.shape)}, "
+            f"{tuple(bias.shape)}, {tuple(center.shape)} do not fit {categories} categories: fit the folder again"
         )
     backbone = load_features(plan.extra["backbone"])
-    return LoadedModel(num_classes=categories, net=FittedNet(backbone, weight, bias, center).eval())
+    net = FittedNet(backbone, weight=weight, members=members, bias=bias, center=center, scale=scale, power=power)
+    return LoadedModel(num_classes=categories, net=net.eval())

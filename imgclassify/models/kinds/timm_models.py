@@ -87,7 +87,9 @@ def resolve(ref: ModelRef, options: ModelOptions, *, progress: bool = False) -> 
         import difflib
 
         names = timm.list_models()
-        close = [n for n in names if n.startswith(architecture)][:5] or difflib.get_close_matches(architecture, names, 5)
+        close = [n for n in names if n.startswith(architecture)][:5] or difflib.get_close_matches(
+            architecture, names, 5
+        )
         hint = f" Did you mean: {', '.join('timm:' + c for c in close)}?" if close else ""
         raise UnknownModelError(
             f"timm has no model {architecture!r}.{hint} `imgclassify models --search TEXT` lists them."
