@@ -505,8 +505,7 @@ def predict(
         options = PredictOptions(
             inputs=paths, model=model_options, max_failures=max_failures, resume=resume, batch_size=batch_size,
             top_k=top_k, workers=workers, output_format=output_format, manifest=manifest,
-            output=None if output is None or is_url(output) else Path(output),
-            output_url=output if output is not None and is_url(output) else None,
+            output=_local_output(output), output_url=output if output is not None and is_url(output) else None,
             quiet=quiet, progress=progress, tune_process=True, shard=Shard.parse(shard) if shard is not None else None,
             threshold=threshold, sort=_sort_options(sort_into, sort_mode, dry_run), engine=engine,
             engine_settings=_engine_settings(engine, ray_address, ray_actors),
@@ -516,6 +515,17 @@ def predict(
     if not quiet:
         typer.echo(f"imgclassify: {summary.line()}", err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _local_output(output: str | None) -> Path | None:
+    """``--output`` as a local file (None for a URL: written locally, then uploaded, by the runner)."""
+    from imgclassify.system.storage import is_url
+
+    if output is None or is_url(output):
+        return None
+    if Path(output).is_dir():
+        raise UsageError(f"--output {output} is a directory: give a file name")
+    return Path(output)
 
 
 def _engine_settings(engine: EngineKind, ray_address: str | None, ray_actors: int | None) -> object | None:

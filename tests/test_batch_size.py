@@ -66,9 +66,11 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     cpu = torch.device("cpu")
 
-    def on_the_cpu(paths: Sequence[str], decoder: Any, device: torch.device, *, batch_size: int, workers: int) -> Any:
+    def on_the_cpu(
+        paths: Sequence[str], decoder: Any, device: torch.device, *, batch_size: int, workers: int, **more: Any
+    ) -> Any:
         calls.append((device.type, batch_size))
-        return open_batches(paths, decoder, cpu, batch_size=batch_size, workers=workers)
+        return open_batches(paths, decoder, cpu, batch_size=batch_size, workers=workers, **more)
 
     monkeypatch.setattr(pipeline, "open_batches", on_the_cpu)
     return calls
