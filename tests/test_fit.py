@@ -247,6 +247,28 @@ def test_threshold_sends_an_outlier_to_unknown(fitted: tuple[Path, Path, str], t
     assert not (tmp_path / "sorted").exists()
 
 
+@pytest.mark.slow
+def test_the_fitted_threshold_is_the_default(fitted: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Without --threshold a fitted model judges with its own (measured by the fit), in the records,
+    the manifest, the sorting and the server; an explicit --threshold still wins."""
+    _, model, _ = fitted
+    threshold = json.loads((model / "imgclassify_head.json").read_text())["threshold"]
+    out = tmp_path / "out.jsonl"
+    result = invoke("predict", str(SAMPLES / "brittany.jpg"), str(OUTLIER), "-m", str(model), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert [r["confident"] for r in parse_jsonl(out.read_text())] == [True, False]
+    assert json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["run"]["threshold"] == threshold
+    result = invoke("predict", str(OUTLIER), "-m", str(model), "--threshold", "0", "-f", "jsonl")
+    assert parse_jsonl(result.stdout)[0]["confident"] is True
+
+    from imgclassify.pipeline import load_classifier
+    from imgclassify.server import ServerConfig, create_app
+
+    classifier = load_classifier(str(model), device="cpu")
+    client = create_app(ServerConfig(), classifier=classifier, warm_up_async=False).test_client()
+    assert client.get("/info").get_json()["server"]["threshold"] == threshold
+
+
 def test_a_fitted_folder_refuses_other_backbone_weights(tmp_path: Path) -> None:
     from imgclassify.errors import CheckpointError
     from imgclassify.models.plan import plan_model

@@ -59,6 +59,13 @@ class ModelPlan:
         return self.model_multi_label if asked is None else asked
 
     @property
+    def default_threshold(self) -> float | None:
+        """The ``--threshold`` a run gets when it gives none: a fitted model's, measured by its
+        cross-validation (``imgclassify fit``); None for other models."""
+        value = self.extra.get("threshold") if self.kind is ModelKind.FITTED else None
+        return float(value) if value is not None else None
+
+    @property
     def weights_sha256(self) -> str:
         return sha256_file(self.weights_path)
 

@@ -9,6 +9,7 @@ about Typer. Every option is checked before the model loads. Diagnostics go to t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -336,6 +337,9 @@ def run_predict(
 
         resolve_device(options.model.device)
     plan = plan_model(options.model, progress=show_progress)
+    if options.threshold is None and plan.default_threshold is not None:  # a fitted model's own
+        options = dataclasses.replace(options, threshold=plan.default_threshold)
+        log.info("--threshold %g: the fitted model's, from its cross-validation", plan.default_threshold)
     run = _Run(options, fmt, plan, paths, found.skipped_non_images, start, show_progress)
     run.storage = storage
     if options.shard is not None:

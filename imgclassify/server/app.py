@@ -82,7 +82,7 @@ def create_app(
         classifier = load_classifier(config.options)
     classifier.check_top_k(config.top_k)
     check_threshold(config.threshold)
-    config = config.resolved_for(classifier.device)
+    config = config.resolved_for(classifier.device, default_threshold=classifier.plan.default_threshold)
     batch_decode = (upload_decoding or UploadDecoding()).batch_decoder(classifier)
     state = AppState(classifier, config, Metrics(), batch_decode)
     app = Flask("imgclassify")

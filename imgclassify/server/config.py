@@ -96,8 +96,9 @@ class ServerConfig:
         """The largest request body accepted (``max_upload_mb``), in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
 
-    def resolved_for(self, device: str | torch.device) -> ServerConfig:
-        """This config with the defaults that depend on the device the model runs on filled in."""
+    def resolved_for(self, device: str | torch.device, *, default_threshold: float | None = None) -> ServerConfig:
+        """This config with the defaults that depend on the device the model runs on filled in, and
+        ``default_threshold`` (a fitted model's) when no threshold was given."""
         from imgclassify.decode.loading import resolve_batch_size
 
         option = "--max-batch-size (IMGCLASSIFY_MAX_BATCH_SIZE)"
@@ -107,7 +108,8 @@ class ServerConfig:
             raise UsageError(f"--max-queue (IMGCLASSIFY_MAX_QUEUE) must be at least 1, got {queue}")
         if self.max_files < 1:
             raise UsageError(f"--max-files (IMGCLASSIFY_MAX_FILES) must be at least 1, got {self.max_files}")
-        return replace(self, max_batch_size=batch, max_queue=queue)
+        threshold = self.threshold if self.threshold is not None else default_threshold
+        return replace(self, max_batch_size=batch, max_queue=queue, threshold=threshold)
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON values (:meth:`from_dict` turns them back), but the API key: never serialized."""
