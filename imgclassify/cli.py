@@ -236,6 +236,42 @@ QuietOpt = Annotated[
 ServeQuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr: no start-up line or request log.")
 ]
+BatchSizeOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Images per forward pass. Default: from the device the model runs on: 8 on the CPU (and mps), 64 on CUDA.",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers",
+        "-w",
+        min=0,
+        help="Decoding processes beside the model (0: decode in the main process). Default: from the cores available.",
+        show_default=False,
+    ),
+]
+MaxFailuresOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-failures",
+        help="Stop (exit 1, output still valid) once more files than N, or N% of the inputs, failed.",
+        show_default=False,
+    ),
+]
+ProgressOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress bar on stderr. Default: when stderr is a terminal.",
+        show_default=False,
+    ),
+]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download weights (also: IMGCLASSIFY_OFFLINE=1).")]
 ResizeOpt = Annotated[
     Optional[int],
@@ -352,14 +388,7 @@ def predict(
         ),
     ],
     model_options: ModelOptions,
-    max_failures: Annotated[
-        Optional[str],
-        typer.Option(
-            "--max-failures",
-            help="Stop (exit 1, output still valid) once more files than N, or N% of the inputs, failed.",
-            show_default=False,
-        ),
-    ] = None,
+    max_failures: MaxFailuresOpt = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -367,16 +396,7 @@ def predict(
             help="With --output FILE (jsonl/csv): skip inputs already recorded there, append the rest. Refused when the manifest shows another model or options.",
         ),
     ] = False,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=1,
-            help="Images per forward pass. Default: from the device the model runs on: 8 on the CPU (and mps), 64 on CUDA.",
-            show_default=False,
-        ),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
     top_k: TopKOpt = 1,
     threshold: ThresholdOpt = None,
     output_format: Annotated[
@@ -406,24 +426,8 @@ def predict(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[
-        Optional[int],
-        typer.Option(
-            "--workers",
-            "-w",
-            min=0,
-            help="Decoding processes beside the model (0: decode in the main process). Default: from the cores available.",
-            show_default=False,
-        ),
-    ] = None,
-    progress: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--progress/--no-progress",
-            help="Progress bar on stderr. Default: when stderr is a terminal.",
-            show_default=False,
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
+    progress: ProgressOpt = None,
     sort_into: Annotated[
         Optional[Path],
         typer.Option(
@@ -869,42 +873,10 @@ def embed(
             help="Skip the inputs already in --output and add the rest (same inputs for .npy). Refused when the manifest shows another model or preprocessing.",
         ),
     ] = False,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=1,
-            help="Images per forward pass. Default: 8 on the CPU, 64 on CUDA.",
-            show_default=False,
-        ),
-    ] = None,
-    workers: Annotated[
-        Optional[int],
-        typer.Option(
-            "--workers",
-            "-w",
-            min=0,
-            help="Decoding processes beside the model (0: in the main process).",
-            show_default=False,
-        ),
-    ] = None,
-    max_failures: Annotated[
-        Optional[str],
-        typer.Option(
-            "--max-failures",
-            help="Stop (exit 1, output still valid) once more files than N, or N% of the inputs, failed.",
-            show_default=False,
-        ),
-    ] = None,
-    progress: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--progress/--no-progress",
-            help="Progress bar on stderr. Default: when stderr is a terminal.",
-            show_default=False,
-        ),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
+    workers: WorkersOpt = None,
+    max_failures: MaxFailuresOpt = None,
+    progress: ProgressOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write one embedding per image: the model's pooled features (its last layer's input). Exit 0: all embedded, 1: some failed."""
@@ -977,20 +949,8 @@ def fit(
             show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option("--batch-size", "-b", min=1, help="Images per forward pass while embedding.", show_default=False),
-    ] = None,
-    workers: Annotated[
-        Optional[int],
-        typer.Option(
-            "--workers",
-            "-w",
-            min=0,
-            help="Decoding processes while embedding (0: in the main process).",
-            show_default=False,
-        ),
-    ] = None,
+    batch_size: BatchSizeOpt = None,
+    workers: WorkersOpt = None,
     output_format: Annotated[
         ListFormat,
         typer.Option(
