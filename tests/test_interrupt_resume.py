@@ -38,7 +38,14 @@ def start(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [exe, "predict", *args, *EXTRA],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # a shell's background job (CI started with `&`) ignores SIGINT, and its children inherit
+        # that: Python then installs no KeyboardInterrupt handler. Ctrl-C at a terminal is what is tested.
+        preexec_fn=_default_sigint,
     )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_records(path: Path, proc: subprocess.Popen[str], at_least: int = 8) -> None:
