@@ -180,7 +180,7 @@ def test_an_interrupted_run_leaves_a_whole_file(tmp_path: Path) -> None:
     )
     path = tmp_path / "out.parquet"
     with open(path, "w", encoding="utf-8", newline="") as stream:
-        sink.consume(batches(), len(records), stream, io.StringIO(), False)
+        sink.consume(batches(), lambda: len(records), stream, io.StringIO(), False)
     assert summary.status == "interrupted"
     assert list(read_records(path)) == [p.to_dict(top_k=True) for p in records[:1200]]
     assert file_metadata(path) == {"format_version": 1, "manifest": {"status": "interrupted"}}

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,7 +38,7 @@ from imgclassify.results.records import Prediction
 from imgclassify.results.render import judge
 from imgclassify.results.resume import check_appendable, recorded_paths, resume_key
 from imgclassify.run.engines import Engine, EngineKind, create_engine
-from imgclassify.run.inputs import ExpandedInputs, expand_inputs
+from imgclassify.run.inputs import ExpandedInputs, InputListing
 from imgclassify.run.settings import RunSettings
 from imgclassify.run.shards import Shard
 from imgclassify.run.sorting import Sorter, SortOptions, validate_sort
@@ -209,7 +209,7 @@ def counted(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def nothing_found(found: ExpandedInputs, inputs: list[str]) -> str:
+def nothing_found(found: ExpandedInputs | InputListing, inputs: list[str]) -> str:
     """Why the inputs gave no image: paths that do not exist, globs that match nothing, empty folders."""
     reasons = []
     if found.missing:
@@ -322,14 +322,10 @@ def run_predict(
         raise UsageError(f"--format {fmt.value} is binary, not for a terminal: give --output FILE or a pipe")
 
     storage = Storage(options.storage_options)
-    found = expand_inputs(options.inputs, stdin=stdin, storage=storage)
-    if not found.found_any:
-        raise NoImagesError(nothing_found(found, list(options.inputs)))
-    for pattern in found.empty_globs:
-        log.warning("no file matches %s", pattern)
-
-    paths = options.shard.select(found.paths) if options.shard is not None else found.paths
-    _check_urls_supported(options, paths)
+    listing = InputListing(options.inputs, stdin=stdin, storage=storage)  # streams: listed as classified
+    if not listing.found_any():
+        raise NoImagesError(nothing_found(listing, list(options.inputs)))
+    _check_urls_supported(options, [*options.inputs, *listing.looked_ahead()])
 
     show_progress = (stderr.isatty() if options.progress is None else options.progress) and not options.quiet
     if options.model.device not in ("auto", "cpu"):  # a missing GPU fails before weights are looked for
@@ -340,10 +336,8 @@ def run_predict(
     if options.threshold is None and plan.default_threshold is not None:  # a fitted model's own
         options = dataclasses.replace(options, threshold=plan.default_threshold)
         log.info("--threshold %g: the fitted model's, from its cross-validation", plan.default_threshold)
-    run = _Run(options, fmt, plan, paths, found.skipped_non_images, start, show_progress)
+    run = _Run(options, fmt, plan, listing, start, show_progress)
     run.storage = storage
-    if options.shard is not None:
-        run.found_before_sharding = len(found.paths)
     if options.resume:
         run.check_resume(Provenance.of(plan, plan.expected_label_set()))  # before paying for the model
     engine = create_engine(options.engine, plan, options.engine_settings, tune_process=options.tune_process)
@@ -355,15 +349,10 @@ def run_predict(
 
 
 def _check_urls_supported(options: PredictOptions, paths: list[str]) -> None:
-    """What URL inputs do not work with yet, refused before the model loads."""
+    """What URL inputs do not work with yet, refused before the model loads (every engine reads URLs)."""
     url = next((path for path in paths if is_url(path)), None)
     if url is None:
         return
-    if options.engine is not EngineKind.LOCAL:
-        raise UsageError(
-            f"--engine {options.engine.value} reads local (shared) paths only, not URLs such as {url}: "
-            "run URL inputs with --engine local"
-        )
     if options.sort is not None:
         raise UsageError(f"--sort-into sorts local files only, not URLs such as {url}")
 
@@ -376,19 +365,16 @@ class _Run:
         options: PredictOptions,
         fmt: OutputFormat,
         plan: ModelPlan,
-        paths: list[str],
-        skipped: int,
+        listing: InputListing,
         start: float,
         show_progress: bool,
     ) -> None:
-        self.options, self.fmt, self.plan, self.paths = options, fmt, plan, paths
-        self.skipped, self.start, self.show_progress = skipped, start, show_progress
-        self.limit = failure_limit(options.max_failures, len(paths))
+        self.options, self.fmt, self.plan, self.listing = options, fmt, plan, listing
+        self.start, self.show_progress = start, show_progress
         self.run_info = _run_info(options, fmt)
         output = options.output
         self.manifest_path = options.manifest or (manifest_path_for(output) if output else None)
         self.old_manifest: Manifest | None = None
-        self.found_before_sharding: int | None = None
         self.storage: Storage | None = None
         if options.resume:
             assert self.manifest_path is not None
@@ -415,17 +401,14 @@ class _Run:
         if resuming:
             assert provenance is not None
             self.check_resume(provenance)  # now with the labels of the loaded model too
-        summary = RunSummary(
-            skipped_non_images=self.skipped, model=self.plan.spec.name, inputs=len(self.paths),
-            manifest=self.manifest_path, found_before_sharding=self.found_before_sharding,
-        )  # fmt: skip
-        paths, header = self.paths, True
+        summary = RunSummary(model=self.plan.spec.name, manifest=self.manifest_path)
+        done: set[str] | None = None
+        header = True
         if options.resume:
             assert options.output is not None
             done, has_header = recorded_paths(options.output, fmt)
-            paths = [p for p in self.paths if resume_key(p, fmt) not in done]
-            summary.already_done = len(self.paths) - len(paths)
             header = not has_header
+        chunks = _Chunks(self.listing, summary, options, fmt, done, settings.batch_size)
 
         manifest = None
         if self.manifest_path is not None:
@@ -443,15 +426,17 @@ class _Run:
                 records_out = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115  stdout holds the plan
         try:
             sink = _Sink(
-                fmt, settings, summary, sorter=sorter, header=header, limit=self.limit,
-                max_failures=options.max_failures, multi_label=self.plan.multi_label,
+                fmt, settings, summary, sorter=sorter, header=header, max_failures=options.max_failures,
+                multi_label=self.plan.multi_label,
                 manifest=None if manifest is None else self._embedded(manifest, summary, engine),
             )  # fmt: skip
             with _open_output(options.output, records_out or stdout, append=options.resume) as stream:
-                sink.consume(engine.batches(paths, settings), len(paths), stream, stderr, self.show_progress)
+                sink.consume(chunks.batches(engine, settings), chunks.total, stream, stderr, self.show_progress)
             status = summary.status
         finally:
             summary.elapsed = time.perf_counter() - self.start
+            for pattern in self.listing.empty_globs[chunks.globs_warned :]:
+                log.warning("no file matches %s", pattern)
             if sorter is not None:
                 sorter.close()
                 summary.sort = sorter.describe()
@@ -462,6 +447,8 @@ class _Run:
             if records_out is not None:
                 records_out.close()
             if manifest is not None:
+                if manifest.manifest.resumed is not None:  # counted as the listing went
+                    manifest.manifest.resumed.already_done = summary.already_done
                 manifest.finish(status, summary.counts(), elapsed_s=round(summary.elapsed, 3), engine=engine.describe())
         return summary
 
@@ -476,6 +463,75 @@ class _Run:
         return finished
 
 
+class _Chunks:
+    """The listing, filtered (``--shard``, ``--resume``), handed to the engine in chunks as it is
+    listed: first ``128 x batch`` inputs (the first records come after one folder's listing,
+    whatever the input count), each chunk twice the last, up to :data:`LARGEST_CHUNK`. Records are
+    the same whatever the chunks; the engine's decoders drain at each boundary (one batch's wait
+    per chunk). The summary's counts follow the listing as it goes."""
+
+    #: inputs per chunk at most (paths held: a few MB)
+    LARGEST_CHUNK = 65536
+
+    def __init__(
+        self,
+        listing: InputListing,
+        summary: RunSummary,
+        options: PredictOptions,
+        fmt: OutputFormat,
+        done: set[str] | None,
+        batch_size: int,
+    ) -> None:
+        self.listing, self.summary, self.options, self.fmt, self.done = listing, summary, options, fmt, done
+        self.first = 128 * batch_size
+        #: empty globs warned about while listing (the rest are at the end)
+        self.globs_warned = 0
+
+    def _paths(self) -> Iterator[str]:
+        shard, done, summary, fmt = self.options.shard, self.done, self.summary, self.fmt
+        for path in self.listing:
+            self._follow()
+            if shard is not None and not shard.contains(path):
+                continue
+            summary.inputs += 1
+            if done is not None and resume_key(path, fmt) in done:
+                summary.already_done += 1
+                continue
+            yield path
+        self._follow()
+
+    def _follow(self) -> None:
+        listing, summary = self.listing, self.summary
+        summary.skipped_non_images = listing.skipped_non_images
+        if self.options.shard is not None:
+            summary.found_before_sharding = listing.listed
+        while self.globs_warned < len(listing.empty_globs):
+            log.warning("no file matches %s", listing.empty_globs[self.globs_warned])
+            self.globs_warned += 1
+
+    def chunks(self) -> Iterator[list[str]]:
+        size, chunk = self.first, []
+        for path in self._paths():
+            chunk.append(path)
+            if len(chunk) >= size:
+                yield chunk
+                chunk, size = [], min(2 * size, max(self.LARGEST_CHUNK, self.first))
+        if chunk:
+            yield chunk
+
+    def batches(self, engine: Engine, settings: RunSettings) -> Iterator[list[Prediction]]:
+        for chunk in self.chunks():
+            if self.options.sort is not None:
+                _check_urls_supported(self.options, chunk)  # a URL on stdin, listed after the start
+            yield from engine.batches(chunk, settings)
+
+    def total(self) -> int | None:
+        """The inputs still to classify, once the listing is complete (None before: the bar counts up)."""
+        if not self.listing.complete:
+            return None
+        return self.summary.inputs - self.summary.already_done
+
+
 @dataclass
 class _Sink:
     """Where the engine's batches go: judged by the threshold, sorted, written, counted."""
@@ -486,8 +542,7 @@ class _Sink:
     sorter: Sorter | None = None
     #: write the CSV header (False: continuing a file that has it)
     header: bool = True
-    #: the most failures allowed (``--max-failures`` resolved), and how it was asked for
-    limit: int | None = None
+    #: ``--max-failures``: a count, or a share of the inputs listed so far (the listing streams)
     max_failures: str | None = None
     #: a multi-label head: with a threshold, records list every class above it
     multi_label: bool = False
@@ -495,9 +550,15 @@ class _Sink:
     manifest: ManifestSource | None = None
 
     def consume(
-        self, batches: Iterator[list[Prediction]], total: int, stream: TextIO, stderr: TextIO, show_progress: bool
+        self,
+        batches: Iterator[list[Prediction]],
+        total: Callable[[], int | None],
+        stream: TextIO,
+        stderr: TextIO,
+        show_progress: bool,
     ) -> None:
-        """Write the batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM."""
+        """Write the batches as they come; stops cleanly on ``--max-failures`` and SIGINT/SIGTERM.
+        ``total``: the records to come, once known (the progress bar's end)."""
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -511,7 +572,7 @@ class _Sink:
             signal.signal(signal.SIGTERM, on_sigterm)
         try:
             with (
-                tqdm(total=total, unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
+                tqdm(total=total(), unit="img", file=stderr, disable=not show_progress, dynamic_ncols=True) as bar,
                 # a warning logged while the bar shows (an engine's, say) is written above it, not glued to it
                 logging_redirect_tqdm([log]) if show_progress else contextlib.nullcontext(),
             ):
@@ -526,8 +587,11 @@ class _Sink:
                             batch = [judge(record, threshold) for record in batch]
                         with _bar_cleared(bar):  # what is written now starts on a line of its own
                             self._write(batch, writer)
+                            if bar.total is None and (known := total()) is not None:
+                                bar.total = known  # the listing is complete: the bar shows its end
                             bar.update(len(batch))
-                        if self.limit is not None and summary.failed > self.limit:
+                        limit = failure_limit(self.max_failures, summary.inputs - summary.already_done)
+                        if limit is not None and summary.failed > limit:
                             summary.stopped_for_failures = True
                             log.error(
                                 "%d files failed, more than --max-failures %s: stopping",

@@ -19,7 +19,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -199,6 +199,38 @@ class Storage:
         fs = self.filesystem(url)
         found = self._listing(url, lambda: fs.find(path)) or []
         return [f"{scheme}://{key}" for key in found]
+
+    def iter_walk(self, url: str, key: Callable[[str], Any]) -> Iterator[str]:
+        """Every object below the prefix ``url``, as URLs spelled with ``url``'s scheme, a level at a
+        time: each prefix's entries listed (one request, paged by the store), sorted by ``key`` of
+        their last part, objects yielded and sub-prefixes walked in that order. Only the levels on
+        the way down are held, never the whole listing; listings are not kept in the filesystem's
+        cache. A level that cannot be listed is a :class:`StorageError`."""
+        scheme, root = _split(url)
+        fs = self.filesystem(url)
+
+        def level(path: str) -> list[tuple[str, bool]]:
+            entries = self._listing(f"{scheme}://{path}", lambda: fs.ls(path, detail=True)) or []
+            with contextlib.suppress(Exception):
+                fs.invalidate_cache(path)  # millions of entries: not kept once walked
+            found = []
+            for entry in entries:
+                name = str(entry["name"]).rstrip("/")
+                if not name or name == path:  # a "folder" marker object, or the prefix itself
+                    continue
+                found.append((name, entry.get("type") == "directory"))
+            found.sort(key=lambda item: (key(item[0].rpartition("/")[2]), item[0]))
+            return found
+
+        stack = [iter(level(root))]
+        while stack:
+            entry = next(stack[-1], None)
+            if entry is None:
+                stack.pop()
+            elif entry[1]:
+                stack.append(iter(level(entry[0])))
+            else:
+                yield f"{scheme}://{entry[0]}"
 
     def glob(self, pattern: str) -> list[tuple[str, bool]]:
         """The objects and prefixes matching ``pattern`` (``**`` spans prefixes), as ``(url, is_prefix)``
