@@ -13,8 +13,8 @@ portrait photos; stretched to 4:3), saved as JPEG quality 92. Prints, for each c
   (``Resize(resize, antialias=True)``, ``CenterCrop``, ``ToTensor``, ``Normalize`` on the PIL
   image, differences turned back into levels): max and mean absolute difference in levels, the
   share of values (pixel channels) and of pixels that differ;
-- top-1 with the bundled EfficientNet-Lite0: exact decoding with Pillow's resize (today), with
-  torch's, and ``--fast-decode`` (reduced-scale JPEG decoding) with each; agreement with the
+- top-1 with the bundled EfficientNet-Lite0: exact decoding (``--exact-decode``; "exact" below
+  is that mode throughout) with Pillow's resize (today), with torch's, and ``--fast-decode`` (reduced-scale JPEG decoding) with each; agreement with the
   exact path and accuracy against the labels;
 - time per image on one core (``torch.set_num_threads(1)``): the resize of a decoded 12 MP photo
   to 256 (Pillow against torch), and the whole decode + preprocess (today's path against now).
@@ -117,19 +117,19 @@ def pixel_statistics(paths: list[Path], model: str) -> tuple[Stats, Stats, Stats
     import torch
     from PIL import Image, ImageOps
 
-    from imgclassify.decode.imaging import DecodeOptions, load_tensor
+    from imgclassify.decode.imaging import DecodeMode, DecodeOptions, load_tensor
     from imgclassify.models.registry import get_spec
 
     config = get_spec(model).preprocess
-    fast = DecodeOptions(fast=True)
+    exact, fast = DecodeOptions(DecodeMode.EXACT), DecodeOptions(DecodeMode.FAST)
     reference = reference_transform(config)
     std = torch.tensor(config.std).view(3, 1, 1)
     mean = torch.tensor(config.mean).view(3, 1, 1)
     vs_pillow, vs_torchvision, pillow_vs_torchvision, fast_vs_pillow = Stats(), Stats(), Stats(), Stats()
     for path in paths:
-        now, now_fast = load_tensor(path, config), load_tensor(path, config, fast)
+        now, now_fast = load_tensor(path, config, exact), load_tensor(path, config, fast)
         with pillow_resize_only():
-            today, today_fast = load_tensor(path, config), load_tensor(path, config, fast)
+            today, today_fast = load_tensor(path, config, exact), load_tensor(path, config, fast)
         fast_vs_pillow.add((now_fast.float() - today_fast.float()).abs())
         with Image.open(path) as image:
             expected = reference(ImageOps.exif_transpose(image).convert("RGB"))
@@ -142,14 +142,15 @@ def pixel_statistics(paths: list[Path], model: str) -> tuple[Stats, Stats, Stats
 
 def top1_table(paths: list[Path]) -> list[str]:
     from imgclassify import load_classifier
-    from imgclassify.decode.imaging import DecodeOptions
+    from imgclassify.decode.imaging import DecodeMode, DecodeOptions
     from imgclassify.models.labels import imagenet_labels
 
     index_of = {label.wnid: i for i, label in enumerate(imagenet_labels())}
     truth = {p.name: index_of[p.name.split("_")[0]] for p in paths}
 
     def top1(fast: bool) -> dict[str, int]:
-        clf = load_classifier("efficientnet_lite0", device="cpu", decode=DecodeOptions(fast=fast))
+        mode = DecodeMode.FAST if fast else DecodeMode.EXACT
+        clf = load_classifier("efficientnet_lite0", device="cpu", decode=DecodeOptions(mode))
         return {Path(p.path).name: p.class_id for p in clf.predict(paths, batch_size=8, workers=0)}
 
     with pillow_resize_only():
@@ -184,10 +185,11 @@ def timings(paths: list[Path], repeat: int) -> list[str]:
     from PIL import Image
 
     from imgclassify.decode import imaging, resize
-    from imgclassify.decode.imaging import DecodeOptions, load_tensor
+    from imgclassify.decode.imaging import DecodeMode, DecodeOptions, load_tensor
     from imgclassify.models.registry import get_spec
 
     torch.set_num_threads(1)
+    exact, fast = DecodeOptions(DecodeMode.EXACT), DecodeOptions(DecodeMode.FAST)
     rows = []
     for model in ("efficientnet_lite0", "densenet121"):
         config = get_spec(model).preprocess
@@ -195,17 +197,16 @@ def timings(paths: list[Path], repeat: int) -> list[str]:
         resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[mode.value]
         pillow_resize, torch_resize, today, now, today_fast, now_fast = [], [], [], [], [], []
         for path in paths:
-            image, _ = imaging._open(path, None, config.resize_size, config)  # one block: what torch reads
+            image, _ = imaging._open(path, exact, config.resize_size, config)  # one block: what torch reads
             pixels = resize.pixel_view(image)
             assert pixels is not None, "a 12 MP RGB JPEG should decode into one block"
             size = imaging._shorter_side_resized(image.size, config)
-            fast = DecodeOptions(fast=True)
             pillow_resize.append(median_ms(partial(image.resize, size, resample), repeat))
             torch_resize.append(median_ms(partial(resize.resize, pixels, size, mode), repeat))
-            now.append(median_ms(partial(load_tensor, path, config), repeat))
+            now.append(median_ms(partial(load_tensor, path, config, exact), repeat))
             now_fast.append(median_ms(partial(load_tensor, path, config, fast), repeat))
             with pillow_resize_only():
-                today.append(median_ms(partial(load_tensor, path, config), repeat))
+                today.append(median_ms(partial(load_tensor, path, config, exact), repeat))
                 today_fast.append(median_ms(partial(load_tensor, path, config, fast), repeat))
 
         def cell(values: list[float]) -> str:

@@ -16,6 +16,7 @@ this machine less; the ratio is a lower bound for a store with a similar latency
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import subprocess
@@ -63,6 +64,7 @@ def main() -> None:
     import boto3
     from moto import server as moto_server
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server: one log line per request
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores", flush=True)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()

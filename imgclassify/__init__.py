@@ -29,7 +29,7 @@ from imgclassify.results.records import Candidate, Prediction
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from imgclassify.decode.imaging import DecodeOptions
+    from imgclassify.decode.imaging import DecodeMode, DecodeOptions
     from imgclassify.options import ModelOptions
     from imgclassify.pipeline import Classifier, load_classifier
 
@@ -38,6 +38,7 @@ _LAZY = {
     "load_classifier": "pipeline",
     "expand_inputs": "run.inputs",
     "registry": "models.registry",
+    "DecodeMode": "decode.imaging",
     "DecodeOptions": "decode.imaging",
     "ModelOptions": "options",
 }
@@ -46,6 +47,7 @@ __all__ = [
     "Candidate",
     "CheckpointError",
     "Classifier",
+    "DecodeMode",
     "DecodeOptions",
     "DeviceError",
     "ImageError",

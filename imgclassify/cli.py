@@ -20,7 +20,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from imgclassify import __version__
-from imgclassify.decode.imaging import DEFAULT_MAX_PIXELS, DecodeOptions
+from imgclassify.decode.imaging import DEFAULT_MAX_PIXELS, DecodeOptions, decode_mode
 from imgclassify.decode.preprocess import Interpolation
 from imgclassify.errors import ImgclassifyError, UsageError
 from imgclassify.options import ModelOptions
@@ -202,11 +202,18 @@ BackendOpt = Annotated[
         help="torch; openvino (CPU; the imgclassify[openvino] extra); onnxruntime (the imgclassify[onnx] extra; the default for .onnx models).",
     ),
 ]
+ExactDecodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact-decode",
+        help="Decode JPEGs at full size: torchvision's reference pixels. The default decodes those of at least twice the resize size at reduced scale (faster, same top-1 accuracy measured).",
+    ),
+]
 FastDecodeOpt = Annotated[
     bool,
     typer.Option(
         "--fast-decode",
-        help="Decode JPEGs of at least twice the needed size at reduced scale: much faster on camera photos, pixels slightly different.",
+        help="As the default (JPEGs of at least twice the resize size at reduced scale), and every image made smaller resized on torch's uint8 kernels: faster still, pixels slightly different.",
     ),
 ]
 AllowTruncatedOpt = Annotated[
@@ -273,6 +280,14 @@ ProgressOpt = Annotated[
     ),
 ]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download weights (also: IMGCLASSIFY_OFFLINE=1).")]
+StorageOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        help="KEY=VALUE for the fsspec filesystem of s3://, gs:// or az:// URLs (repeat it), such as endpoint_url=http://127.0.0.1:9000 or anon=true. Credentials come from each filesystem's own configuration otherwise (for S3: AWS_* variables, profiles). Values are never printed.",
+        show_default=False,
+    ),
+]
 ResizeOpt = Annotated[
     Optional[int],
     typer.Option(
@@ -327,6 +342,7 @@ MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("device", DeviceOpt, "auto"),
     ("precision", PrecisionOpt, Precision.FP32),
     ("backend", BackendOpt, Backend.TORCH),
+    ("exact_decode", ExactDecodeOpt, False),
     ("fast_decode", FastDecodeOpt, False),
     ("allow_truncated", AllowTruncatedOpt, False),
     ("max_pixels", MaxPixelsOpt, DEFAULT_MAX_PIXELS),
@@ -342,7 +358,7 @@ MODEL_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
 
 def model_options_from(values: dict[str, Any]) -> ModelOptions:
     decode = DecodeOptions(
-        fast=values.pop("fast_decode"),
+        decode_mode(exact=values.pop("exact_decode"), fast=values.pop("fast_decode")),
         allow_truncated=values.pop("allow_truncated"),
         max_pixels=values.pop("max_pixels"),
     )
@@ -486,14 +502,7 @@ def predict(
             show_default=False,
         ),
     ] = None,
-    storage_option: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--storage-option",
-            help="KEY=VALUE for the fsspec filesystem that reads s3://, gs:// or az:// inputs (repeat it), such as endpoint_url=http://127.0.0.1:9000 or anon=true. Credentials come from each filesystem's own configuration otherwise (for S3: AWS_* variables, profiles). Values are never printed.",
-            show_default=False,
-        ),
-    ] = None,
+    storage_option: StorageOptionOpt = None,
 ) -> None:
     """Classify images; one record per file, in input order. Exit 0: all classified, 1: some failed, 2: usage error."""
     from imgclassify.run.runner import PredictOptions, run_predict
@@ -741,21 +750,25 @@ def serve(
 @app.command(cls=Command, short_help="Write an HTML page of a run's results.")
 def report(
     results: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="A results file written by `imgclassify predict` (json, jsonl, csv or parquet).",
+            help="A results file written by `imgclassify predict` (json, jsonl, csv or parquet), or its URL (s3://, gs://, az://).",
             show_default=False,
         ),
     ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.", dir_okay=False)] = Path(
-        "report.html"
-    ),
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The HTML file to write, or a URL (s3://bucket/report.html): written locally, then uploaded.",
+        ),
+    ] = "report.html",
     manifest: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
             "--manifest",
-            help="The run's manifest (provenance JSON). Default: RESULTS.manifest.json beside the results, if present.",
-            dir_okay=False,
+            help="The run's manifest (provenance JSON; a file or a URL). Default: RESULTS.manifest.json beside the results, if present.",
             show_default=False,
         ),
     ] = None,
@@ -797,17 +810,20 @@ def report(
             show_default=False,
         ),
     ] = None,
+    storage_option: StorageOptionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page of a run's results: thumbnails, filters, class counts, failures, provenance."""
     with reporting_errors():
         from imgclassify.results.formats import readable_format
         from imgclassify.results.report import write_report
+        from imgclassify.system.storage import parse_storage_options
 
         fmt = readable_format(results_format) if results_format is not None else None
         summary = write_report(
             results, output, manifest=manifest, thumbnails=thumbnails, thumbnail_size=thumbnail_size,
             results_format=fmt, base_dir=base_dir, title=title, workers=workers,
+            storage_options=parse_storage_options(storage_option or []),
         )  # fmt: skip
     if not quiet:
         for warning in summary.warnings:
@@ -818,27 +834,28 @@ def report(
 @app.command(cls=Command, short_help="Join the outputs of predict --shard K/N.")
 def merge(
     output: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="The merged output: .jsonl, .json, .csv or .parquet (its manifest goes beside it).",
-            dir_okay=False,
+            help="The merged output: .jsonl, .json, .csv or .parquet (its manifest goes beside it); a file, or a URL (s3://, gs://, az://): written locally, then uploaded.",
             show_default=False,
         ),
     ],
     shards: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="The outputs of `imgclassify predict --shard K/N -o FILE`, one per shard, with their manifests beside them.",
+            help="The outputs of `imgclassify predict --shard K/N -o FILE`, one per shard, with their manifests beside them; files, or URLs (a quoted URL glob such as 's3://bucket/run/out.*.jsonl' lists them).",
             show_default=False,
         ),
     ],
+    storage_option: StorageOptionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Join the outputs of `predict --shard 1/N` ... `N/N` into one output and manifest, each input once."""
     with reporting_errors():
         from imgclassify.run.merge import merge_shards
+        from imgclassify.system.storage import parse_storage_options
 
-        summary = merge_shards(output, shards)
+        summary = merge_shards(output, shards, storage_options=parse_storage_options(storage_option or []))
     if not quiet:
         for warning in summary.warnings:
             typer.echo(f"imgclassify: warning: {warning}", err=True)

@@ -199,25 +199,32 @@ def sample_image(width: int = 640, height: int = 427) -> bytes:
 def check_parity(image: Path | None = None, model: str = "densenet121") -> Check:
     """imgclassify's decode + preprocess + normalization against torchvision's reference transforms.
 
-    Two generated JPEGs (or ``image``): 640x427, resized with Pillow as torchvision does (limit
-    PARITY_TOLERANCE), and LARGE_SAMPLE, resized on torch's uint8 antialiased kernels (limit
-    PARITY_LEVELS levels); a file is held to the limit of the resize it takes.
+    Two generated JPEGs (or ``image``): 640x427, decoded as by default (under twice the resize
+    size: at full size) and resized with Pillow as torchvision does (limit PARITY_TOLERANCE), and
+    LARGE_SAMPLE, decoded with ``--exact-decode`` (by default a JPEG of at least twice the resize
+    size is decoded at reduced scale, whose pixels torchvision does not see) and resized on
+    torch's uint8 antialiased kernels (limit PARITY_LEVELS levels); a file is held to the limit
+    of the resize it takes. ``image`` is decoded with ``--exact-decode``.
     """
     import torch
     from PIL import Image, ImageOps
     from torchvision import transforms
 
-    from imgclassify.decode.imaging import load_tensor, uses_torch_resize
+    from imgclassify.decode.imaging import DecodeMode, DecodeOptions, load_tensor, uses_torch_resize
     from imgclassify.errors import ImgclassifyError
     from imgclassify.inference.normalize import Normalizer
     from imgclassify.models.registry import get_spec
 
     config = get_spec(model).preprocess
+    exact = DecodeOptions(DecodeMode.EXACT)
     if image is not None:
-        cases = [(str(image), image.read_bytes())]
+        cases = [(f"{image} with --exact-decode", image.read_bytes(), exact)]
     else:
-        large = f"a generated {LARGE_SAMPLE[0]}x{LARGE_SAMPLE[1]} JPEG"
-        cases = [("a generated 640x427 JPEG", sample_image()), (large, sample_image(*LARGE_SAMPLE))]
+        large = f"a generated {LARGE_SAMPLE[0]}x{LARGE_SAMPLE[1]} JPEG with --exact-decode"
+        cases = [
+            ("a generated 640x427 JPEG", sample_image(), DecodeOptions()),
+            (large, sample_image(*LARGE_SAMPLE), exact),
+        ]
     reference: Callable[[Image.Image], torch.Tensor] = transforms.Compose(
         [
             transforms.Resize(
@@ -230,10 +237,10 @@ def check_parity(image: Path | None = None, model: str = "densenet121") -> Check
     )
     std = torch.tensor(config.std).view(3, 1, 1)
     parts, ok = [], True
-    for what, data in cases:
+    for what, data, options in cases:
         try:
             ours = Normalizer(config, torch.device("cpu"), channels_last=False)(
-                load_tensor(io.BytesIO(data), config).unsqueeze(0)
+                load_tensor(io.BytesIO(data), config, options).unsqueeze(0)
             )[0]
         except ImgclassifyError as exc:
             return Check("preprocessing parity", Status.FAIL, f"{what}: {exc}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclassify.decode.imaging import DecodeOptions
+from imgclassify.decode.imaging import DecodeMode, DecodeOptions, decode_mode
 from imgclassify.decode.preprocess import Interpolation, PreprocessConfig
 from imgclassify.errors import UsageError
 from imgclassify.system.devices import Backend, Precision, validate_device
@@ -106,24 +106,24 @@ class ModelOptions:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ModelOptions:
         """``IMGCLASSIFY_MODEL``, ``_WEIGHTS``, ``_LABELS``, ``_DEVICE``, ``_PRECISION``, ``_BACKEND``,
-        ``_FAST_DECODE``, ``_ALLOW_TRUNCATED``, ``_MAX_PIXELS``, ``_OFFLINE``, ``_RESIZE``, ``_CROP``,
-        ``_INTERPOLATION``, ``_MEAN``, ``_STD``, ``_MULTI_LABEL``."""
+        ``_EXACT_DECODE``, ``_FAST_DECODE`` (both set: a UsageError), ``_ALLOW_TRUNCATED``, ``_MAX_PIXELS``,
+        ``_OFFLINE``, ``_RESIZE``, ``_CROP``, ``_INTERPOLATION``, ``_MEAN``, ``_STD``, ``_MULTI_LABEL``."""
         env = os.environ if environ is None else environ
         values = read_env(env, {
             "model": str, "weights": Path, "labels": Path, "device": str, "precision": str, "backend": str,
             "resize": int, "crop": int, "interpolation": str, "mean": str, "std": str, "multi_label": bool,
         })  # fmt: skip
-        decode = read_env(env, {"fast_decode": bool, "allow_truncated": bool, "max_pixels": int})
-        if "fast_decode" in decode:
-            decode["fast"] = decode.pop("fast_decode")
-        return cls(**values, decode=DecodeOptions(**decode), offline=offline_in_environment(env))
+        decode = read_env(env, {"exact_decode": bool, "fast_decode": bool, "allow_truncated": bool, "max_pixels": int})
+        mode = decode_mode(exact=decode.pop("exact_decode", False), fast=decode.pop("fast_decode", False))
+        return cls(**values, decode=DecodeOptions(mode, **decode), offline=offline_in_environment(env))
 
     def to_env(self) -> dict[str, str]:
         """``IMGCLASSIFY_*`` variables that :meth:`from_env` turns back into these options."""
         decode = self.decode
         values: dict[str, Any] = {
             "model": self.model, "weights": self.weights, "labels": self.labels, "device": self.device,
-            "precision": self.precision.value, "backend": self.backend.value, "fast_decode": decode.fast,
+            "precision": self.precision.value, "backend": self.backend.value,
+            "exact_decode": decode.mode is DecodeMode.EXACT, "fast_decode": decode.mode is DecodeMode.FAST,
             "allow_truncated": decode.allow_truncated, "max_pixels": decode.max_pixels, "resize": self.resize,
             "crop": self.crop, "interpolation": self.interpolation.value if self.interpolation else None,
             "mean": ",".join(map(str, self.mean)) if self.mean else None,

@@ -100,10 +100,19 @@ def test_output_file_format_from_suffix(runner: CliRunner, photos: Path, tmp_pat
     assert out.read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
 
 
-def test_samples_match_golden(runner: CliRunner) -> None:
-    result = invoke(runner, "predict", *sorted(str(p) for p in SAMPLES.glob("*.jpg")), *LITE, "-k", "3", "-f", "jsonl")
+@pytest.mark.parametrize(
+    ("flags", "golden_file"),
+    [
+        # bus.jpg and kitten.jpg (shorter side at least 512, twice the resize size) are decoded at reduced scale
+        ([], "samples_lite0_top3.jsonl"),
+        (["--exact-decode"], "samples_lite0_top3_exact.jsonl"),  # every photo at full size
+    ],
+)
+def test_samples_match_golden(runner: CliRunner, flags: list[str], golden_file: str) -> None:
+    paths = sorted(str(p) for p in SAMPLES.glob("*.jpg"))
+    result = invoke(runner, "predict", *paths, *LITE, "-k", "3", "-f", "jsonl", *flags)
     rows = parse_jsonl(result.stdout)
-    golden = parse_jsonl((GOLDEN / "samples_lite0_top3.jsonl").read_text())
+    golden = parse_jsonl((GOLDEN / golden_file).read_text())
     assert [Path(r["path"]).name for r in rows] == [Path(g["path"]).name for g in golden]  # type: ignore[arg-type]
     for row, gold in zip(rows, golden, strict=True):
         assert [c["class_id"] for c in row["top_k"]] == [c["class_id"] for c in gold["top_k"]]  # type: ignore[attr-defined]

@@ -46,8 +46,20 @@ def test_doctor_json_reports_every_check(runner: CliRunner) -> None:
 
 
 def test_parity_check_on_a_real_photo() -> None:
-    check = doctor.check_parity(SAMPLES / "kitten.jpg")
-    assert check.status is doctor.Status.OK and "kitten.jpg" in check.detail
+    check = doctor.check_parity(SAMPLES / "kitten.jpg")  # 720x720: the default would decode it at reduced scale
+    assert check.status is doctor.Status.OK and "kitten.jpg with --exact-decode" in check.detail
+
+
+def test_parity_check_holds_the_large_sample_to_the_exact_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The large sample (at least twice the resize size) decoded as by default is not torchvision's
+    pixels: the check decodes it with --exact-decode, and fails if that decodes at reduced scale."""
+    from imgclassify.decode import imaging
+
+    monkeypatch.setitem(
+        imaging.DECODE_MODES, imaging.DecodeMode.EXACT, imaging.DECODE_MODES[imaging.DecodeMode.REDUCED]
+    )
+    check = doctor.check_parity()
+    assert check.status is doctor.Status.FAIL and check.detail.endswith("FAIL")
 
 
 def test_parity_check_fails_when_preprocessing_drifts(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,13 +75,15 @@ def test_parity_check_fails_when_preprocessing_drifts(runner: CliRunner, monkeyp
 
 @pytest.mark.skipif(not resize.fast_kernels(), reason="torch's AVX2 uint8 kernels do not run here")
 def test_parity_check_covers_both_resizes() -> None:
-    """Pillow's resize (exact, limit 1e-5) on the small generated JPEG, torch's uint8 resize (limit
-    1 level) on the large one; a file is held to the limit of the resize it takes."""
+    """Pillow's resize (exact, limit 1e-5) on the small generated JPEG, decoded as by default, torch's
+    uint8 resize (limit 1 level) on the large one, decoded with --exact-decode (by default it would
+    be decoded at reduced scale); a file is held to the limit of the resize it takes."""
     check = doctor.check_parity()
     assert check.status is doctor.Status.OK
     small, large = check.detail.split("; on ")
     assert "640x427 JPEG (Pillow's resize): max abs difference" in small and "(limit 1e-05)" in small
-    assert f"{doctor.LARGE_SAMPLE[0]}x{doctor.LARGE_SAMPLE[1]} JPEG (torch's uint8 resize): 1 level at most" in large
+    size = f"{doctor.LARGE_SAMPLE[0]}x{doctor.LARGE_SAMPLE[1]}"
+    assert f"{size} JPEG with --exact-decode (torch's uint8 resize): 1 level at most" in large
     assert large.endswith("(limit 1 level): pass")
 
 

@@ -220,3 +220,16 @@ def test_the_sort_journal_follows_the_rule(tmp_path: Path) -> None:
     journal.write_bytes(b'{"source": 1}\n' + whole)
     with pytest.raises(UsageError, match="line 1 is not a journal entry"):
         Sorter(SortOptions(out))
+
+
+def test_a_cut_last_csv_record_is_skipped_by_readers(tmp_path: Path) -> None:
+    """The CSV reader (report, merge) follows the same rule: a last record without its line ending
+    was cut short by a killed run, and is skipped; the records before it are read."""
+    path = write(tmp_path / "out.csv", OutputFormat.CSV, predictions(3), top_k=3)
+    whole = path.read_bytes()
+    expected = list(read_records(path))
+    assert len(expected) == len(predictions(3)) > 1
+    path.write_bytes(whole + b'"b\xc3\xa9 cut.jpg",1,n0,na')
+    assert list(read_records(path)) == expected
+    path.write_bytes(whole[:-1])  # the last record whole but for its line ending: still cut
+    assert list(read_records(path)) == expected[:-1]

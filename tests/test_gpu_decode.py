@@ -33,13 +33,15 @@ from imgclassify.decode.gpu import (
     read_header,
     resize_crop,
 )
-from imgclassify.decode.imaging import DecodeOptions, open_image
+from imgclassify.decode.imaging import DecodeMode, DecodeOptions, open_image
 from imgclassify.decode.loaders import LoaderKind, choose_loader, pin_memory_for
 from imgclassify.models.registry import get_spec
 
 CPU = torch.device("cpu")
 BILINEAR = get_spec("densenet121").preprocess  # resize 256, crop 224, bilinear
 BICUBIC = get_spec("efficientnet_lite0").preprocess  # resize 256, crop 224, bicubic
+#: --exact-decode: JPEGs of at least twice the resize size (kitten.jpg, 720x720) go to nvJPEG too
+EXACT = DecodeOptions(DecodeMode.EXACT)
 
 
 def jpeg_bytes(image: Image.Image, **save: object) -> bytes:
@@ -72,10 +74,12 @@ def odd_sampling(data: bytes) -> bytes:
 
 
 def test_plain_jpegs_go_to_nvjpeg() -> None:
-    assert policy((SAMPLES / "kitten.jpg").read_bytes()) is None
-    assert policy(jpeg_bytes(kitten().convert("L"))) is None
+    assert policy((SAMPLES / "labrador.jpg").read_bytes()) is None  # 500x546: under twice the resize size
+    assert policy((SAMPLES / "kitten.jpg").read_bytes(), EXACT) is None
+    assert policy(jpeg_bytes(kitten().convert("L")), EXACT) is None
     for sampling in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0
-        assert policy(jpeg_bytes(kitten(), subsampling=sampling)) is None
+        assert policy(jpeg_bytes(kitten(), subsampling=sampling), EXACT) is None
+        assert policy(jpeg_bytes(labrador(), subsampling=sampling)) is None
 
 
 def test_fallback_reasons() -> None:
@@ -90,14 +94,30 @@ def test_fallback_reasons() -> None:
     assert policy(odd_sampling(good)) == "chroma sampling other than 4:4:4, 4:2:2 or 4:2:0"
 
 
-def test_huge_and_fast_decode_jpegs_go_to_reduced_scale_cpu_decoding() -> None:
+def test_huge_and_big_jpegs_go_to_reduced_scale_cpu_decoding() -> None:
+    """As on the CPU path: JPEGs of at least twice the resize size are decoded at reduced scale
+    (on the CPU) unless --exact-decode, and huge ones always."""
     big = jpeg_bytes(Image.new("RGB", (1200, 800), (10, 120, 200)))  # 960,000 pixels; short side 800 >= 2 * 256
     assert read_header(big) == JpegHeader("JPEG", "RGB", 1200, 800, sampling=2)
-    assert policy(big) is None
-    assert policy(big, DecodeOptions(max_pixels=900_000)) == "more pixels than --max-pixels: reduced-scale decoding"
-    assert policy(big, DecodeOptions(fast=True)) == "--fast-decode: reduced-scale decoding"
+    assert policy(big, EXACT) is None
+    assert policy(big) == "reduced-scale decoding (--exact-decode: nvJPEG)"
+    for options in (DecodeOptions(max_pixels=900_000), DecodeOptions(DecodeMode.EXACT, max_pixels=900_000)):
+        assert policy(big, options) == "more pixels than --max-pixels: reduced-scale decoding"
+    assert policy(big, DecodeOptions(DecodeMode.FAST)) == "--fast-decode: reduced-scale decoding"
     small = jpeg_bytes(Image.new("RGB", (600, 400)))  # short side under 2 * 256: no reduced scale on the CPU either
-    assert policy(small, DecodeOptions(fast=True)) is None
+    for mode in DecodeMode:
+        assert policy(small, DecodeOptions(mode)) is None
+
+
+def test_big_jpegs_get_the_cpu_paths_pixels_by_default() -> None:
+    """kitten.jpg (720x720) by default: the CPU decoder's reduced-scale pixels exactly, not nvJPEG's full decode."""
+    data = (SAMPLES / "kitten.jpg").read_bytes()
+    cpu = Decoder(BILINEAR)
+    gpu = GpuBatchDecoder(cpu, CPU)
+    tensor, errors = gpu([("kitten.jpg", data)])
+    assert errors == {} and tensor is not None and torch.equal(tensor[0], cpu(data))
+    assert gpu.fallbacks == {"reduced-scale decoding (--exact-decode: nvJPEG)": 1}
+    assert not torch.equal(cpu(data), Decoder(BILINEAR, EXACT)(data))  # reduced scale did change the pixels
 
 
 def test_header_reads_exif_orientation() -> None:
@@ -173,7 +193,7 @@ def mixed_batch(tmp_path: Path) -> list[tuple[str, bytes | None]]:
 
 def test_per_file_fallback_keeps_order_and_other_results(tmp_path: Path) -> None:
     items = mixed_batch(tmp_path)
-    cpu = Decoder(BILINEAR)
+    cpu = Decoder(BILINEAR, EXACT)
     gpu = GpuBatchDecoder(cpu, CPU)
     tensor, errors = gpu(items)
     assert errors == {2: "not an image, or a format Pillow cannot read", 3: "truncated image file",
@@ -199,7 +219,7 @@ def test_a_file_nvjpeg_refuses_falls_back_alone() -> None:
             raise RuntimeError("nvjpegDecodeBatched failed")
         return nvjpeg_decode(tensors, device)
 
-    cpu = Decoder(BILINEAR)
+    cpu = Decoder(BILINEAR, EXACT)
     gpu = GpuBatchDecoder(cpu, CPU, decode_jpeg=flaky)
     tensor, errors = gpu([("a", datas[0]), ("b", datas[1]), ("c", datas[2])])
     assert errors == {} and tensor is not None and len(tensor) == 3
@@ -218,7 +238,7 @@ def test_pixel_budget_splits_the_nvjpeg_calls() -> None:
         calls.append(len(tensors))
         return nvjpeg_decode(tensors, device)
 
-    gpu = GpuBatchDecoder(Decoder(BILINEAR), CPU, decode_jpeg=counting, pixel_budget=1)
+    gpu = GpuBatchDecoder(Decoder(BILINEAR, EXACT), CPU, decode_jpeg=counting, pixel_budget=1)
     tensor, _ = gpu([(str(i), d) for i, d in enumerate(datas)])
     assert calls == [1, 1, 1] and tensor is not None and len(tensor) == 3
 

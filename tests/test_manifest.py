@@ -44,7 +44,7 @@ def test_manifest_beside_the_output(runner: CliRunner, tmp_path: Path) -> None:
     assert manifest["labels"]["source"] == "bundled ImageNet-1k" and manifest["labels"]["count"] == 1000
     assert manifest["preprocessing"] == {
         "resize": 256, "crop": 224, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3,
-        "fast_decode": False, "allow_truncated": False, "max_pixels": 178956970,
+        "fast_decode": False, "decode_mode": "reduced", "allow_truncated": False, "max_pixels": 178956970,
     }  # fmt: skip
     assert (manifest["device"], manifest["precision"], manifest["backend"]) == ("cpu", "fp32", "torch")
     assert manifest["run"]["batch_size"] == 8 and manifest["run"]["top_k"] == 3
@@ -130,7 +130,8 @@ def test_resume_with_another_model_is_refused_and_the_output_untouched(
         (["-k", "3"], "top-k: 1 -> 3"),
         (["--precision", "bf16"], "precision: fp32 -> bf16"),
         (["--precision", "int8"], "calibration sha256: none -> "),
-        (["--fast-decode"], "fast_decode: False -> True"),
+        (["--fast-decode"], "decode_mode: reduced -> fast"),
+        (["--exact-decode"], "decode_mode: reduced -> exact"),
         (["--labels", "LABELS"], "labels sha256:"),
     ],
 )
@@ -147,6 +148,31 @@ def test_resume_refuses_each_difference(
     result = runner.invoke(app, ["predict", *PHOTOS, *LITE0, "-o", str(out), "--resume", *extra])
     assert result.exit_code == 2 and difference in result.stderr, result.stderr
     assert out.read_bytes() == before
+
+
+def test_resume_of_an_output_from_before_decode_modes(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest without decode_mode was written by a version that decoded exactly unless
+    --fast-decode: resuming it with today's default (reduced-scale decoding) is refused, with
+    --exact-decode it appends."""
+    out = tmp_path / "out.jsonl"
+    assert runner.invoke(app, ["predict", PHOTOS[0], *LITE0, "--exact-decode", "-o", str(out)]).exit_code == 0
+    path = tmp_path / "out.jsonl.manifest.json"
+    data = json.loads(path.read_text())
+    assert data["preprocessing"]["decode_mode"] == "exact" and data["preprocessing"]["fast_decode"] is False
+    del data["preprocessing"]["decode_mode"]  # as an older imgclassify wrote it
+    path.write_text(json.dumps(data))
+    before = out.read_bytes()
+    with monkeypatch.context() as patch:
+        _refuse_model_loads(patch)
+        result = runner.invoke(app, ["predict", *PHOTOS, *LITE0, "-o", str(out), "--resume"])
+        assert result.exit_code == 2 and "decode_mode: exact -> reduced" in result.stderr, result.stderr
+        assert "fast_decode" not in result.stderr  # one difference, said once
+        assert out.read_bytes() == before
+    result = runner.invoke(app, ["predict", *PHOTOS, *LITE0, "-o", str(out), "--resume", "--exact-decode"])
+    assert result.exit_code == 0, result.stderr
+    assert len(parse_jsonl(out.read_text())) == 2
 
 
 def test_resume_same_options_appends(runner: CliRunner, tmp_path: Path) -> None:
@@ -180,6 +206,7 @@ def test_resume_without_manifest_warns_once_and_goes_on(runner: CliRunner, tmp_p
         (["-o", "OUT/no/such/dir/x.jsonl"], "does not exist"),
         (["-o", "OUT"], "is a directory"),
         (["--manifest", "OUT/no/such/m.json"], "does not exist"),
+        (["--exact-decode", "--fast-decode"], "--exact-decode and --fast-decode contradict each other"),
     ],
 )
 def test_bad_options_cost_no_model_load(
@@ -252,6 +279,16 @@ def test_manifest_type_keeps_unknown_keys_and_reads_old_ones() -> None:
     assert manifest.differences(new) == []  # the same labels, whatever their file
     other = Manifest.from_dict({**old, "precision": "bf16", "run": {**old["run"], "top_k": 3}})
     assert manifest.differences(other) == ["precision: fp32 -> bf16", "top-k: 1 -> 3"]
+    # before decode_mode: fast_decode false meant exact decoding, true reduced-scale and fast
+    for fast, mode in ((False, "exact"), (True, "fast")):
+        before = Manifest.from_dict({**old, "preprocessing": {"resize": 256, "fast_decode": fast}})
+        assert before.provenance is not None and before.provenance.preprocessing.decode_mode == mode
+        now = {"resize": 256, "fast_decode": fast, "decode_mode": mode}
+        assert before.differences(Manifest.from_dict({**old, "preprocessing": now})) == []
+        reduced = {"resize": 256, "fast_decode": False, "decode_mode": "reduced"}
+        assert before.differences(Manifest.from_dict({**old, "preprocessing": reduced})) == [
+            f"decode_mode: {mode} -> reduced"
+        ]
     with pytest.raises(ManifestFormatError, match="not an imgclassify run manifest"):
         Manifest.from_dict({"status": "complete"})
     with pytest.raises(ManifestFormatError, match="run should be a JSON object"):

@@ -169,10 +169,7 @@ def test_a_missing_filesystem_names_its_extra(monkeypatch: pytest.MonkeyPatch, r
 
 
 def test_what_urls_do_not_work_with_is_refused_before_the_model_loads(runner: CliRunner, tmp_path: Path) -> None:
-    for extra, message in (
-        (["--engine", "ray"], "--engine ray reads local (shared) paths only"),
-        (["--sort-into", str(tmp_path / "sorted")], "--sort-into sorts local files only"),
-    ):
+    for extra, message in ((["--sort-into", str(tmp_path / "sorted")], "--sort-into sorts local files only"),):
         result = invoke(runner, "predict", "http://127.0.0.1:9/a.jpg", *LITE, *extra)
         assert result.exit_code == 2 and message in result.stderr, result.stderr
 

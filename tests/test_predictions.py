@@ -19,7 +19,8 @@ def test_samples_known_classes(lite0) -> None:  # type: ignore[no-untyped-def]
     names = ["kitten.jpg", "kitten_small.jpg", "labrador.jpg", "brittany.jpg", "dog.jpg"]
     got = {Path(p.path).name: p for p in lite0.predict([SAMPLES / n for n in names], top_k=3)}
     assert 281 <= got["kitten.jpg"].class_id <= 285
-    assert got["kitten.jpg"].class_id == 282 and got["kitten.jpg"].probability == pytest.approx(0.56, abs=0.02)
+    # 720x720, at least twice the resize size: decoded at reduced scale (0.56 with --exact-decode)
+    assert got["kitten.jpg"].class_id == 282 and got["kitten.jpg"].probability == pytest.approx(0.59, abs=0.02)
     assert got["kitten_small.jpg"].class_id == 281
     assert got["labrador.jpg"].class_id == 208 and got["labrador.jpg"].class_name == "Labrador_retriever"
     assert got["labrador.jpg"].wnid == "n02099712"

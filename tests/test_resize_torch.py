@@ -1,7 +1,9 @@
 """Large images resize on torch's uint8 antialiased kernels (imgclassify.decode.resize): within
 1 level of Pillow's pixels on the repository's photos scaled up and on a synthetic 12 MP image,
 every EXIF orientation, uint8 all the way, no copy of the photo, no threads started; smaller
-images keep Pillow's (torchvision's) pixels exactly; top-1 unchanged on the labelled photos."""
+images keep Pillow's (torchvision's) pixels exactly; top-1 unchanged on the labelled photos.
+All with --exact-decode (the default decodes JPEGs of at least twice the resize size at reduced
+scale: tests/test_decode_modes.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,14 @@ from PIL import Image, ImageOps
 
 from conftest import LABELLED, SAMPLES
 from imgclassify.decode import imaging, resize
-from imgclassify.decode.imaging import DecodeOptions, load_tensor, open_image, preprocess, uses_torch_resize
+from imgclassify.decode.imaging import (
+    DecodeMode,
+    DecodeOptions,
+    load_tensor,
+    open_image,
+    preprocess,
+    uses_torch_resize,
+)
 from imgclassify.models.registry import get_spec
 
 #: the tests of torch's path, where torch runs its AVX2 kernels (elsewhere Pillow resizes everything)
@@ -29,6 +38,7 @@ BICUBIC = get_spec("efficientnet_lite0").preprocess  # 256 -> 224, bicubic
 BILINEAR = get_spec("densenet121").preprocess  # 256 -> 224, bilinear
 PHOTOS = sorted(LABELLED.glob("*.JPEG")) + sorted(SAMPLES.glob("*.jpg"))
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+EXACT = DecodeOptions(DecodeMode.EXACT)  # --exact-decode: every JPEG decoded at full size
 
 
 def pillow_reference(image: Image.Image, config: Any) -> torch.Tensor:
@@ -98,8 +108,8 @@ def test_within_a_level_of_pillow_on_the_photos_scaled_up(
 ) -> None:
     differing = values = 0
     for name, data in upscaled:
-        reference = pillow_reference(open_image(io.BytesIO(data)), config)
-        got = load_tensor(io.BytesIO(data), config)
+        reference = pillow_reference(open_image(io.BytesIO(data), EXACT), config)
+        got = load_tensor(io.BytesIO(data), config, EXACT)
         diff = level_difference(got, reference)
         assert int(diff.max()) <= 1, f"{name}: {int(diff.max())} levels from Pillow's"
         differing += int((diff > 0).sum())
@@ -134,8 +144,8 @@ def test_within_a_level_of_pillow_on_a_synthetic_12_megapixel_image(
     config: Any, synthetic: tuple[Image.Image, bytes], torch_calls: list[dict[str, Any]]
 ) -> None:
     _, data = synthetic
-    decoded = open_image(io.BytesIO(data))
-    diff = level_difference(load_tensor(io.BytesIO(data), config), pillow_reference(decoded, config))
+    decoded = open_image(io.BytesIO(data), EXACT)
+    diff = level_difference(load_tensor(io.BytesIO(data), config, EXACT), pillow_reference(decoded, config))
     assert len(torch_calls) == 1 and torch_calls[0]["shape"] == (1, 4, 3024, 4032)
     assert int(diff.max()) <= 1
     assert 0 < float(diff.float().mean()) < 0.01
@@ -153,7 +163,7 @@ def test_every_exif_orientation_is_applied_after_the_resize(
     exif[resize.ORIENTATION] = orientation
     data = jpeg(image.crop((0, 0, 3000, 2400)), exif=exif)  # not square: a wrong turn cannot pass
     upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    diff = level_difference(load_tensor(io.BytesIO(data), BICUBIC), pillow_reference(upright, BICUBIC))
+    diff = level_difference(load_tensor(io.BytesIO(data), BICUBIC, EXACT), pillow_reference(upright, BICUBIC))
     assert int(diff.max()) <= 1 and float(diff.float().mean()) < 0.01
     assert len(torch_calls) == (2 if resize.swaps_axes(orientation) else 1)
     assert torch_calls[0]["shape"] == (1, 4, 2400, 3000), "resized as stored, not turned first"
@@ -162,9 +172,9 @@ def test_every_exif_orientation_is_applied_after_the_resize(
 def test_the_repository_photos_keep_pillows_pixels_exactly(torch_calls: list[dict[str, Any]]) -> None:
     """ImageNet-sized photos (shorter side under 4x the resize size) still resize with Pillow."""
     for path in PHOTOS:
-        upright = open_image(path)
-        assert load_tensor(path, BICUBIC).equal(pillow_reference(upright, BICUBIC)), path.name
-    assert not any(uses_torch_resize(open_image(p).size, BICUBIC) for p in PHOTOS)
+        upright = open_image(path, EXACT)
+        assert load_tensor(path, BICUBIC, EXACT).equal(pillow_reference(upright, BICUBIC)), path.name
+    assert not any(uses_torch_resize(open_image(p, EXACT).size, BICUBIC) for p in PHOTOS)
     assert len(torch_calls) == 0
 
 
@@ -193,9 +203,9 @@ def test_the_view_is_pillows_memory_and_outlives_the_image() -> None:
 @fast_kernels
 def test_large_jpegs_decode_into_one_block(synthetic: tuple[Image.Image, bytes]) -> None:
     _, data = synthetic
-    image, orientation = imaging._open(io.BytesIO(data), DecodeOptions(), 256, BICUBIC)
+    image, orientation = imaging._open(io.BytesIO(data), EXACT, 256, BICUBIC)
     assert orientation == 1 and image.im.isblock() and resize.pixel_view(image) is not None
-    assert not open_image(io.BytesIO(data)).im.isblock()  # open_image alone changes nothing
+    assert not open_image(io.BytesIO(data), EXACT).im.isblock()  # open_image alone changes nothing
 
 
 @fast_kernels
@@ -203,8 +213,8 @@ def test_fast_decode_resizes_on_torch_at_any_downscale(
     synthetic: tuple[Image.Image, bytes], torch_calls: list[dict[str, Any]]
 ) -> None:
     _, data = synthetic
-    fast = load_tensor(io.BytesIO(data), BICUBIC, DecodeOptions(fast=True))
-    drafted = open_image(io.BytesIO(data), DecodeOptions(fast=True))
+    fast = load_tensor(io.BytesIO(data), BICUBIC, DecodeOptions(DecodeMode.FAST))
+    drafted = open_image(io.BytesIO(data), DecodeOptions(DecodeMode.FAST))
     assert min(drafted.size) < resize.TORCH_FACTOR * 256 and len(torch_calls) == 1  # 504x378
     assert int(level_difference(fast, pillow_reference(drafted, BICUBIC)).max()) <= 2
 
@@ -218,7 +228,7 @@ def test_the_kernel_only_takes_uint8() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
 def test_resizing_in_a_decode_thread_starts_no_threads(synthetic: tuple[Image.Image, bytes]) -> None:
     _, data = synthetic
-    image, _ = imaging._open(io.BytesIO(data), DecodeOptions(), 256, BICUBIC)
+    image, _ = imaging._open(io.BytesIO(data), EXACT, 256, BICUBIC)
     counts: list[int] = []
 
     def body() -> None:
@@ -234,10 +244,11 @@ def test_resizing_in_a_decode_thread_starts_no_threads(synthetic: tuple[Image.Im
 
 @fast_kernels
 @pytest.mark.slow
-def test_top1_unchanged_on_the_labelled_photos_scaled_up(
-    lite0: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_top1_unchanged_on_the_labelled_photos_scaled_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The labelled photos at 4.3x (torch's resize) classify as with Pillow's resize, 50/50."""
+    from imgclassify import load_classifier
+
+    exact = load_classifier("efficientnet_lite0", device="cpu", decode=EXACT)
     paths = []
     for path in sorted(LABELLED.glob("*.JPEG")):
         with Image.open(path) as image:
@@ -248,7 +259,7 @@ def test_top1_unchanged_on_the_labelled_photos_scaled_up(
             target, quality=92
         )
         paths.append(target)
-    now = {Path(p.path).name: p.class_id for p in lite0.predict(paths, batch_size=8, workers=0)}
+    now = {Path(p.path).name: p.class_id for p in exact.predict(paths, batch_size=8, workers=0)}
     monkeypatch.setattr(resize, "torch_resize_applies", lambda *args, **kwargs: False)
-    today = {Path(p.path).name: p.class_id for p in lite0.predict(paths, batch_size=8, workers=0)}
+    today = {Path(p.path).name: p.class_id for p in exact.predict(paths, batch_size=8, workers=0)}
     assert now == today

@@ -53,7 +53,7 @@ def test_predict_one_file(client) -> None:  # type: ignore[no-untyped-def]
     body = response.get_json()
     assert body["class_id"] == 282 and body["class_name"] == "tiger_cat" and body["wnid"] == "n02123159"
     assert body["model"] == "efficientnet_lite0" and body["filename"] == "kitten.jpg"
-    assert body["probability"] == pytest.approx(0.5585, abs=0.01)
+    assert body["probability"] == pytest.approx(0.5938, abs=0.01)  # 720x720: decoded at reduced scale (0.5585 exact)
     assert "top_k" not in body
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imgclassify.decode.imaging import DecodeOptions
+from imgclassify.decode.imaging import DecodeMode, DecodeOptions
 from imgclassify.errors import UsageError
 from imgclassify.options import ModelOptions
 from imgclassify.server import asgi
@@ -44,7 +44,7 @@ def every_field_set(tmp_path: Path) -> ServerConfig:
     samples: dict[str, Any] = {  # a value for every field of ModelOptions: a new one needs one here
         "model": "resnet50", "weights": tmp_path / "w.pth", "labels": tmp_path / "labels.json", "device": "cuda:1",
         "precision": Precision.FP16, "backend": Backend.OPENVINO,
-        "decode": DecodeOptions(fast=True, allow_truncated=True, max_pixels=12_345), "offline": True,
+        "decode": DecodeOptions(DecodeMode.FAST, allow_truncated=True, max_pixels=12_345), "offline": True,
         "resize": 300, "crop": 256, "interpolation": "nearest", "mean": (0.5, 0.25, 0.125), "std": (0.5, 0.5, 2.0),
         "multi_label": False,
     }  # fmt: skip
@@ -138,6 +138,26 @@ def test_the_individual_variables_without_the_object() -> None:
         ServerConfig.from_env({"IMGCLASSIFY_TOP_K": "three"})
 
 
+@pytest.mark.parametrize(
+    ("variables", "mode"),
+    [
+        ({}, DecodeMode.REDUCED),
+        ({"IMGCLASSIFY_EXACT_DECODE": "1"}, DecodeMode.EXACT),
+        ({"IMGCLASSIFY_FAST_DECODE": "1"}, DecodeMode.FAST),
+        ({"IMGCLASSIFY_EXACT_DECODE": "0", "IMGCLASSIFY_FAST_DECODE": ""}, DecodeMode.REDUCED),
+    ],
+)
+def test_the_decode_mode_from_the_environment_and_back(variables: dict[str, str], mode: DecodeMode) -> None:
+    options = ModelOptions.from_env(variables)
+    assert options.decode.mode is mode and options.decode.fast is (mode is DecodeMode.FAST)
+    assert ModelOptions.from_env(options.to_env()).decode == options.decode
+
+
+def test_exact_and_fast_decode_together_are_refused() -> None:
+    with pytest.raises(UsageError, match="--exact-decode and --fast-decode"):
+        ModelOptions.from_env({"IMGCLASSIFY_EXACT_DECODE": "1", "IMGCLASSIFY_FAST_DECODE": "1"})
+
+
 def test_the_individual_variables_carry_every_server_setting(tmp_path: Path) -> None:
     """config_to_env and from_env, the gunicorn user's form, both ways for every field (the model's
     own variables are ModelOptions.to_env's)."""
@@ -196,17 +216,19 @@ def edited(change: Any) -> Any:
     [
         ("{not json", r"IMGCLASSIFY_SERVER_CONFIG: not valid JSON"),
         ("[1, 2]", r"the value must be a JSON object, got a list"),
-        (edited(lambda d: d.pop("version")), r"no version of the format, and imgclassify .* reads version 1 only"),
-        (edited(lambda d: d.update(version=2)), r"version 2 of the format, and imgclassify .* reads version 1 only"),
+        (edited(lambda d: d.pop("version")), r"no version of the format, and imgclassify .* reads version 2 only"),
+        (edited(lambda d: d.update(version=1)), r"version 1 of the format, and imgclassify .* reads version 2 only"),
         (edited(lambda d: d.update(version=0)), r"version 0 of the format"),
         (edited(lambda d: d.update(version="1")), r'version "1" of the format'),
         (edited(lambda d: d.update(version=True)), r"version true of the format"),
         (edited(lambda d: d["server"].pop("top_k")), r"server\.top_k is missing"),
         (edited(lambda d: d["server"]["options"].pop("device")), r"server\.options\.device is missing"),
-        (edited(lambda d: d["server"].update(colour="red")), r"unknown setting\(s\) server\.colour for version 1"),
-        (edited(lambda d: d.update(extra=1)), r"unknown setting\(s\) extra for version 1"),
-        (edited(lambda d: d["server"]["options"]["decode"].update(fast="yes")),
-         r'server\.options\.decode\.fast must be true or false, got "yes"'),
+        (edited(lambda d: d["server"].update(colour="red")), r"unknown setting\(s\) server\.colour for version 2"),
+        (edited(lambda d: d.update(extra=1)), r"unknown setting\(s\) extra for version 2"),
+        (edited(lambda d: d["server"]["options"]["decode"].update(mode="quick")),
+         r'server\.options\.decode\.mode must be one of exact, reduced, fast, got "quick"'),
+        (edited(lambda d: d["server"]["options"]["decode"].update(fast=True)),
+         r"unknown setting\(s\) server\.options\.decode\.fast for version 2"),
         (edited(lambda d: d["server"].update(top_k="3")), r'server\.top_k must be an integer, got "3"'),
         (edited(lambda d: d["server"].update(top_k=True)), r"server\.top_k must be an integer, got true"),
         (edited(lambda d: d["server"].update(top_k=1.5)), r"server\.top_k must be an integer, got 1\.5"),

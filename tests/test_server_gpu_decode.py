@@ -27,6 +27,10 @@ from imgclassify.server.batching import DynamicBatcher, Prepared
 
 CPU = torch.device("cpu")
 PHOTOS = sorted(p.name for p in SAMPLES.glob("*.jpg"))
+#: the sample photos of at least twice the resize size (256): by default the CPU decodes them at
+#: reduced scale on the GPU path too (gpu.needs_cpu_decode), so they never reach nvJPEG
+REDUCED = [name for name in PHOTOS if min(Image.open(SAMPLES / name).size) >= 512]
+REDUCED_FALLBACK = "reduced-scale decoding (--exact-decode: nvJPEG)"
 
 
 class ReportsCuda(Classifier):
@@ -127,7 +131,9 @@ def test_gathered_requests_share_one_decode_call_and_one_forward_pass(lite0) -> 
     futures = [batcher.submit(r) for r in requests]  # gathered until max_batch_size images
     answers = [f.result(timeout=60) for f in futures]
     batcher.close()
-    assert decoder.calls == [total] and decoder.jpeg_calls == [4]  # the four good baseline JPEGs, batched
+    assert REDUCED == ["bus.jpg", "kitten.jpg"]
+    assert decoder.calls == [total] and decoder.jpeg_calls == [2]  # dog.jpg and brittany.jpg, batched
+    assert decoder.gpu.fallbacks[REDUCED_FALLBACK] == 2  # kitten.jpg and bus.jpg: the CPU's reduced scale
     assert forwards == [6]  # the four JPEGs, the PNG and the CMYK JPEG (CPU fallbacks)
     for request, answer in zip(requests, answers, strict=True):
         cpu = [lite0.decoder.try_decode(data) for _, data in request]
@@ -277,10 +283,12 @@ def test_gpu_decoding_answers_the_same_json_as_cpu_decoding(lite0, nvjpeg: str) 
     for name, data in bad_and_odd_uploads().items():  # one bad upload alone: the same 422 (or 200)
         same([(name, data)])
     assert decoder.calls == [1] + [1] * 2 * len(photos) + [len(mixed)] * 2 + [1] * len(bad_and_odd_uploads())
-    if nvjpeg == "refusing":  # every JPEG really went through the GPU path's fallback
-        assert decoder.gpu.fallbacks["nvJPEG failed"] >= 1 + 2 * len(photos)
+    given = len(photos) - len(REDUCED)  # the JPEGs nvJPEG is given: under twice the resize size
+    assert decoder.gpu.fallbacks[REDUCED_FALLBACK] == 4 * len(REDUCED)  # alone twice, in the mixed requests twice
+    if nvjpeg == "refusing":  # every other JPEG really went through the GPU path's fallback
+        assert decoder.gpu.fallbacks["nvJPEG failed"] >= 1 + 2 * given
     else:  # and here through the batched "nvJPEG" call
-        assert "nvJPEG failed" not in decoder.gpu.fallbacks and len(decoder.jpeg_calls) >= 1 + 2 * len(photos)
+        assert "nvJPEG failed" not in decoder.gpu.fallbacks and len(decoder.jpeg_calls) >= 1 + 2 * given
 
 
 def test_concurrent_requests_are_decoded_in_one_call_and_answered_as_alone(lite0) -> None:  # type: ignore[no-untyped-def]

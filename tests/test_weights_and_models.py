@@ -11,6 +11,7 @@ import torch
 
 from conftest import DENSENET_FILE, SAMPLES
 from imgclassify import load_classifier
+from imgclassify.decode.imaging import DecodeMode, DecodeOptions
 from imgclassify.errors import CheckpointError, LabelsError, UnknownModelError, WeightsUnavailableError
 from imgclassify.models.labels import load_labels
 from imgclassify.models.registry import WeightsStatus, get_spec, registry
@@ -32,7 +33,8 @@ def reference_probs(model: torch.nn.Module, path: Path) -> torch.Tensor:
 def test_densenet_from_weights_file_matches_torchvision_pipeline(densenet_weights: Path) -> None:
     import torchvision
 
-    clf = load_classifier("densenet121", weights=densenet_weights, device="cpu")
+    # --exact-decode: kitten.jpg (720x720) is decoded at full size, as torchvision's pipeline sees it
+    clf = load_classifier("densenet121", weights=densenet_weights, device="cpu", decode=DecodeOptions(DecodeMode.EXACT))
     assert clf.name == "densenet121" and clf.num_classes == 1000
     pred = clf.predict_file(SAMPLES / "kitten.jpg", top_k=5)
     model = torchvision.models.densenet121(weights=None)

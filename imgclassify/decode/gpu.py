@@ -5,7 +5,8 @@ The pieces, each usable (and tested) without a GPU:
 - :func:`read_header`: what Pillow learns from a file's header alone (no pixels decoded).
 - :func:`needs_cpu_decode`: the fallback policy, a pure function of the header: which files
   nvJPEG is not given (not a JPEG, CMYK, odd chroma sampling, progressive, too many pixels,
-  reduced-scale decoding asked for, no end-of-image marker) and why.
+  reduced-scale decoding: the default for JPEGs of at least twice the resize size, no
+  end-of-image marker) and why.
 - :func:`orient`: EXIF orientation applied to a decoded CHW tensor, as Pillow's
   ``ImageOps.exif_transpose`` does on the CPU path.
 - :func:`resize_crop`: shorter side resized (antialiased bilinear/bicubic) and center-cropped
@@ -101,8 +102,10 @@ def needs_cpu_decode(header: JpegHeader, preprocess: PreprocessConfig, options: 
     Conservative by design: a file nvJPEG might decode differently from libjpeg (CMYK, whose
     Adobe inversion Pillow handles; odd samplings; progressive scans, which take nvJPEG's
     slower hybrid path) is decoded on the CPU, like every non-JPEG and every unreadable file.
-    Huge JPEGs, and big ones under ``--fast-decode``, go to the CPU path's reduced-scale
-    decoding, so a decoded image never holds more than ``--max-pixels`` pixels on the GPU.
+    Huge JPEGs go to the CPU path's reduced-scale decoding, so a decoded image never holds more
+    than ``--max-pixels`` pixels on the GPU; so do JPEGs of at least twice the resize size unless
+    ``--exact-decode`` (the decode mode's ``reduced_scale``), so that a file gets the same pixels
+    on either path.
     """
     if header.format is None:
         return "unreadable header"
@@ -119,8 +122,9 @@ def needs_cpu_decode(header: JpegHeader, preprocess: PreprocessConfig, options: 
     big = min(header.width, header.height) >= 2 * preprocess.resize_size
     if header.pixels > options.max_pixels:
         return "more pixels than --max-pixels: reduced-scale decoding"
-    if big and options.fast:
-        return "--fast-decode: reduced-scale decoding"
+    if big and options.rule.reduced_scale:
+        option = options.rule.option
+        return f"{option}: reduced-scale decoding" if option else "reduced-scale decoding (--exact-decode: nvJPEG)"
     return None
 
 

@@ -17,6 +17,7 @@ class directly, without registering it in Pillow.
 
 from __future__ import annotations
 
+import enum
 import errno
 import math
 import os
@@ -33,7 +34,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imgclassify.decode import resize as torch_resize
 from imgclassify.decode.preprocess import PreprocessConfig
-from imgclassify.errors import ImageError
+from imgclassify.errors import ImageError, UsageError
 from imgclassify.extras import install_hint
 
 if TYPE_CHECKING:
@@ -245,22 +246,107 @@ def _truncated_images_allowed(allow: bool) -> Iterator[None]:
                 ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_saved
 
 
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How files are decoded: shared by ``predict`` and ``serve``."""
+class DecodeMode(str, enum.Enum):
+    """How JPEGs are decoded and resized: ``--exact-decode``, the default, ``--fast-decode``
+    (what each does: :data:`DECODE_MODES`)."""
 
-    #: decode JPEGs of at least twice the needed size at reduced scale, and resize every image made
-    #: smaller on torch's uint8 kernels (faster, pixels differ slightly)
-    fast: bool = False
+    EXACT = "exact"
+    REDUCED = "reduced"
+    FAST = "fast"
+
+
+@dataclass(frozen=True)
+class DecodeRule:
+    """What a :class:`DecodeMode` does."""
+
+    #: JPEGs whose shorter side is at least twice the resize size are decoded at reduced scale
+    #: (libjpeg's DCT scaling, 1/2 to 1/8, the shorter side kept above the resize size: ``_draft_size``)
+    reduced_scale: bool
+    #: every image made smaller resizes on torch's uint8 kernels (else only those of at least
+    #: ``resize.TORCH_FACTOR`` times the resize size: :func:`uses_torch_resize`)
+    torch_at_any_downscale: bool
+    #: the option that asks for it (None: the default)
+    option: str | None
+
+
+#: the decode modes, one row each. The default, REDUCED, was chosen by measured accuracy: with the
+#: bundled EfficientNet-Lite0 on the labelled photos upscaled to 2-8x the resize size and 12 MP,
+#: reduced-scale decoding turned no top-1 wrong against the exact decode (358/400 correct against
+#: 353; docs/performance.md, "Decoding large JPEGs"; benchmarks/decode_accuracy.py). EXACT keeps
+#: torchvision's reference pixels.
+DECODE_MODES: dict[DecodeMode, DecodeRule] = {
+    DecodeMode.EXACT: DecodeRule(reduced_scale=False, torch_at_any_downscale=False, option="--exact-decode"),
+    DecodeMode.REDUCED: DecodeRule(reduced_scale=True, torch_at_any_downscale=False, option=None),
+    DecodeMode.FAST: DecodeRule(reduced_scale=True, torch_at_any_downscale=True, option="--fast-decode"),
+}
+DEFAULT_DECODE_MODE = DecodeMode.REDUCED
+
+
+def decode_mode(*, exact: bool = False, fast: bool = False) -> DecodeMode:
+    """The mode that ``--exact-decode`` and ``--fast-decode`` (or their ``IMGCLASSIFY_`` variables)
+    ask for; both at once is a UsageError."""
+    if exact and fast:
+        raise UsageError("--exact-decode and --fast-decode contradict each other: give one of them")
+    return DecodeMode.EXACT if exact else DecodeMode.FAST if fast else DEFAULT_DECODE_MODE
+
+
+@dataclass(frozen=True, init=False)
+class DecodeOptions:
+    """How files are decoded: shared by ``predict`` and ``serve``.
+
+    ``fast=True`` (the keyword of versions before ``mode``) means ``mode=DecodeMode.FAST``.
+    """
+
+    #: how JPEGs are decoded and resized (:data:`DECODE_MODES`): by default those of at least twice
+    #: the resize size at reduced scale; EXACT: every image at full size (torchvision's pixels);
+    #: FAST: reduced scale and torch's resize for every image made smaller
+    mode: DecodeMode = DEFAULT_DECODE_MODE
     #: accept truncated files (the missing part is grey) instead of an error
     allow_truncated: bool = False
     #: refuse images with more pixels than this, after any reduced-scale decoding
     max_pixels: int = DEFAULT_MAX_PIXELS
 
+    def __init__(
+        self,
+        mode: DecodeMode | str = DEFAULT_DECODE_MODE,
+        allow_truncated: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        *,
+        fast: bool = False,
+    ) -> None:
+        try:
+            chosen = DecodeMode(mode)
+        except ValueError:
+            choices = ", ".join(member.value for member in DecodeMode)
+            raise UsageError(f"decode mode {mode!r} is not one of {choices}") from None
+        if fast:  # FAST, or a UsageError for EXACT
+            chosen = decode_mode(exact=chosen is DecodeMode.EXACT, fast=True)
+        object.__setattr__(self, "mode", chosen)
+        object.__setattr__(self, "allow_truncated", allow_truncated)
+        object.__setattr__(self, "max_pixels", max_pixels)
+
+    @property
+    def rule(self) -> DecodeRule:
+        return DECODE_MODES[self.mode]
+
+    @property
+    def fast(self) -> bool:
+        """``--fast-decode``."""
+        return self.mode is DecodeMode.FAST
+
 
 def _draft_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
-    ratio = short_side / min(size)
-    return math.ceil(size[0] * ratio), math.ceil(size[1] * ratio)
+    """The size to ask Pillow's ``draft`` for so that it decodes at the smallest DCT scale 1/s (s = 8,
+    4, 2 or 1) whose result, ``ceil(side / s)`` a side, keeps the shorter side above ``short_side``.
+
+    Above, not at: decoded to exactly the resize size, an image would skip the resize and its
+    antialiasing filter, and that cost accuracy where it was measured (docs/performance.md,
+    "Decoding large JPEGs"), so a 1024 px shorter side is halved for 256, not quartered.
+    ``draft`` takes the largest s with ``side // asked >= s`` for both sides, so asking
+    ``side // s`` gets exactly s (asking the target size itself, rounded up, can get a smaller s)."""
+    short = min(size)
+    scale = next(s for s in (8, 4, 2, 1) if (short + s - 1) // s > short_side or s == 1)
+    return max(1, size[0] // scale), max(1, size[1] // scale)
 
 
 def pixel_limit(image_format: str | None, options: DecodeOptions) -> int:
@@ -294,12 +380,17 @@ def _decode(
     if image.format == "EPS":  # Pillow renders PostScript by running Ghostscript on it
         raise ImageError("EPS/PostScript is not decoded (it would run Ghostscript): convert it to PNG first")
     width, height = image.size
+    rule = options.rule
     big_jpeg = image.format in ("JPEG", "MPO") and min(image.size) >= 2 * short_side
-    if big_jpeg and (options.fast or width * height > options.max_pixels):
+    if big_jpeg and (rule.reduced_scale or width * height > options.max_pixels):
         image.draft(image.mode, _draft_size(image.size, short_side))
     if image.width * image.height > pixel_limit(image.format, options):
         _check_pixels(image, (width, height), options)
-    deferred = config is not None and image.mode == "RGB" and uses_torch_resize(image.size, config, options.fast)
+    deferred = (
+        config is not None
+        and image.mode == "RGB"
+        and uses_torch_resize(image.size, config, rule.torch_at_any_downscale)
+    )
     if deferred and image.format in ("JPEG", "MPO"):
         torch_resize.decode_into_one_block(image)
     with _truncated_images_allowed(options.allow_truncated):
@@ -341,9 +432,10 @@ def open_image(
 ) -> Image.Image:
     """Open and fully decode an image as RGB with its EXIF orientation applied.
 
-    JPEGs are decoded at reduced scale (libjpeg's DCT scaling, 1/2 to 1/8, keeping the shorter
-    side at least ``short_side``) when ``options.fast`` asks for it, and always when that is
-    what brings a huge JPEG under ``options.max_pixels``. Every failure is an ImageError.
+    JPEGs whose shorter side is at least twice ``short_side`` are decoded at reduced scale
+    (libjpeg's DCT scaling, 1/2 to 1/8, keeping the shorter side above ``short_side``) unless
+    ``options.mode`` is EXACT, and always when that is what brings a huge JPEG under
+    ``options.max_pixels``. Every failure is an ImageError.
     """
     image, _ = _open(source, options, short_side)
     return image
@@ -500,7 +592,7 @@ def load_tensor(
     options = options or DecodeOptions()
     image, orientation = _open(source, options, config.resize_size, config)
     extra: dict[str, Any] = {"orientation": orientation} if orientation != 1 else {}
-    if options.fast:
+    if options.rule.torch_at_any_downscale:
         extra["fast"] = True
     try:
         return preprocess(image, config, **extra)  # preprocess(image, config) for upright exact decodes

@@ -38,7 +38,7 @@ def cache_key(plan: ModelPlan) -> str:
             "weights_sha256": plan.weights_sha256,
             "files": [item["sha256"] for item in plan.describe_files()],
             "preprocess": preprocess_to_dict(plan.preprocess),
-            "decode": {"fast": options.decode.fast, "allow_truncated": options.decode.allow_truncated},
+            "decode": {"mode": options.decode.mode.value, "allow_truncated": options.decode.allow_truncated},
             "precision": options.precision.value,
         }
     )[:16]

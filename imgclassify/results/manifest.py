@@ -126,10 +126,23 @@ class PreprocessingInfo(Section):
     interpolation: str | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    #: ``--fast-decode`` (kept beside ``decode_mode`` for readers from before it)
     fast_decode: bool | None = None
+    #: how JPEGs were decoded (:class:`~imgclassify.decode.imaging.DecodeMode`): exact, reduced
+    #: (the default: reduced scale from twice the resize size) or fast
+    decode_mode: str | None = None
     allow_truncated: bool | None = None
     max_pixels: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> PreprocessingInfo:
+        """A manifest from before ``decode_mode`` decoded exactly, or reduced-scale and fast with
+        ``fast_decode``: its mode is read as that."""
+        info = super().from_dict(data, where)
+        if info.decode_mode is None and info.fast_decode is not None:
+            info.decode_mode = "fast" if info.fast_decode else "exact"
+        return info
 
 
 @dataclass
@@ -204,6 +217,7 @@ class Provenance(Section):
                 mean=list(pre.mean),
                 std=list(pre.std),
                 fast_decode=decode.fast,
+                decode_mode=decode.mode.value,
                 allow_truncated=decode.allow_truncated,
                 max_pixels=decode.max_pixels,
             ),
@@ -381,6 +395,9 @@ class Manifest:
             if old_labels is not None and new_labels is not None and old_labels != new_labels:
                 differences.append(f"labels sha256: {_show(old_labels)} -> {_show(new_labels)}")
         old_pre, new_pre = mine.preprocessing.to_dict(), theirs.preprocessing.to_dict()
+        if old_pre.get("decode_mode") is not None and new_pre.get("decode_mode") is not None:
+            for pre in (old_pre, new_pre):  # implied by decode_mode: one difference, not two
+                pre.pop("fast_decode", None)
         for key in sorted(set(old_pre) | set(new_pre)):
             if old_pre.get(key) != new_pre.get(key):
                 differences.append(f"{key}: {_show(old_pre.get(key))} -> {_show(new_pre.get(key))}")
@@ -518,10 +535,22 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+#: options whose values may be secrets: the command line keeps their keys, never their values
+SECRET_OPTIONS = ("--storage-option",)
+
+
 def command_line() -> list[str]:
+    """This process's command line, as a manifest records it: ``--storage-option KEY=VALUE`` shown
+    as ``KEY=***`` (the values may be credentials)."""
     argv = list(sys.argv)
     if argv:
         argv[0] = os.path.basename(argv[0]) or argv[0]
         if argv[0] in ("__main__.py", "-m", "-c"):
             argv[0] = "imgclassify"
+    for i, arg in enumerate(list(argv)):
+        option, eq, value = arg.partition("=")
+        if eq and option in SECRET_OPTIONS:  # --storage-option=KEY=VALUE
+            argv[i] = f"{option}={value.partition('=')[0]}=***"
+        elif i and sys.argv[i - 1] in SECRET_OPTIONS:  # --storage-option KEY=VALUE
+            argv[i] = f"{arg.partition('=')[0]}=***"
     return argv

@@ -8,31 +8,39 @@ whatever the number of images. The page builds cards only for the page on screen
 
 Everything from the data is embedded as JSON inside ``<script type="application/json">`` with
 ``<``, ``>`` and ``&`` escaped, and rendered by the page with ``textContent``, never as HTML.
+
+The results, the manifest and the output can be objects (``s3://``, ``gs://``, ``az://``): the
+results and manifest are downloaded to a temporary folder (streamed to disk), the page is written
+there and put in place when complete (:mod:`imgclassify.system.staging`). Records whose path is a
+URL get their thumbnail from that object or ``http(s)`` URL, read one at a time.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 from imgclassify.decode.imaging import DecodeOptions, open_image
-from imgclassify.errors import ImageError, UsageError
+from imgclassify.errors import ImageError, ImgclassifyError, UsageError
 from imgclassify.results.formats import OutputFormat, csv_text
 from imgclassify.results.formats import ResultsFormatError as ResultsFormatError
 from imgclassify.results.formats import ResultsNotFoundError as ResultsNotFoundError
 from imgclassify.results.formats import detect_format as detect_format
 from imgclassify.results.formats import read_records as read_records
 from imgclassify.system.fs import replaced_atomically
+from imgclassify.system.staging import object_name, staged_upload, temporary_folder
+from imgclassify.system.storage import Storage, is_http, is_url
 
 
 class ManifestError(UsageError):
@@ -120,22 +128,26 @@ def _failed(entry: dict[str, Any]) -> bool:
     return entry["error"] is not None or (entry["class_id"] is None and entry["class_name"] is None)
 
 
-def _resolve(path: str, results: Path, base_dir: Path | None) -> Path:
+def _resolve(path: str, results_dir: Path | None, base_dir: Path | None) -> str:
+    """Where a record's image is: a URL as recorded; a relative path from ``base_dir``, else from the
+    current folder, then from the results file's folder (``results_dir``; None for results downloaded)."""
+    if is_url(path):
+        return path
     candidate = Path(path)
     if candidate.is_absolute():
-        return candidate
-    bases = [base_dir] if base_dir is not None else [Path.cwd(), results.parent]
+        return str(candidate)
+    bases = [base_dir] if base_dir is not None else [Path.cwd(), *([results_dir] if results_dir is not None else [])]
     for base in bases:
         if (base / candidate).exists():
-            return base / candidate
-    return bases[0] / candidate
+            return str(base / candidate)
+    return str(bases[0] / candidate)
 
 
-def make_thumbnail(path: Path, size: int, quality: int = THUMBNAIL_QUALITY) -> bytes:
+def make_thumbnail(path: Path | IO[bytes], size: int, quality: int = THUMBNAIL_QUALITY) -> bytes:
     """A JPEG at most ``size`` px on its longer side, decoded as ``predict`` decodes (EXIF orientation applied).
 
-    Big JPEGs decode at reduced scale (libjpeg's DCT scaling). Raises ImageError for any file
-    that cannot be read or decoded.
+    Big JPEGs decode at reduced scale (libjpeg's DCT scaling). ``path``: a file, or a binary stream
+    of one. Raises ImageError for any file that cannot be read or decoded.
     """
     image = open_image(path, DecodeOptions(fast=True), short_side=size)
     try:
@@ -151,7 +163,8 @@ def make_thumbnail(path: Path, size: int, quality: int = THUMBNAIL_QUALITY) -> b
 class ReportSummary:
     """What ``write_report`` wrote."""
 
-    output: Path
+    #: the page written: a path, or a URL
+    output: Path | str
     records: int = 0
     classified: int = 0
     failed: int = 0
@@ -160,7 +173,8 @@ class ReportSummary:
     thumbnails: int = 0
     #: thumbnails replaced by a placeholder (file gone, not decodable)
     placeholders: int = 0
-    manifest: Path | None = None
+    #: the manifest shown: a path, or the URL it was downloaded from
+    manifest: Path | str | None = None
     bytes: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -185,8 +199,12 @@ def _template() -> tuple[str, str, str]:
     return head, middle, tail
 
 
-def _read_manifest(manifest: Path | None, results: Path, summary: ReportSummary) -> dict[str, Any]:
-    """The manifest section's data: ``{"path": ..., "data": ...}``, or a note why there is none."""
+def _read_manifest(
+    manifest: Path | None, results: Path, summary: ReportSummary, shown: Mapping[Path, str] | None = None
+) -> dict[str, Any]:
+    """The manifest section's data: ``{"path": ..., "data": ...}``, or a note why there is none.
+
+    ``shown``: the URLs that downloaded copies were fetched from, shown in their place."""
     if manifest is not None and not manifest.is_file():
         raise ManifestError(
             f"manifest {manifest} not found; leave out --manifest to use {results.name}.manifest.json beside the results"
@@ -195,27 +213,37 @@ def _read_manifest(manifest: Path | None, results: Path, summary: ReportSummary)
     manifest = manifest or default_manifest(results)
     if manifest is None:
         return {"path": None, "data": None, "note": f"no manifest ({results.name}.manifest.json not found)"}
+    shown = shown or {}
+    label = shown.get(manifest, str(manifest))
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         if explicit:
             raise ManifestError(
-                f"manifest {manifest} is not readable JSON ({exc}); point --manifest at the run's manifest"
+                f"manifest {label} is not readable JSON ({exc}); point --manifest at the run's manifest"
             ) from None
-        summary.warnings.append(f"manifest {manifest} ignored: not readable JSON ({exc})")
-        return {"path": str(manifest), "data": None, "note": f"manifest {manifest.name} is not readable JSON"}
-    summary.manifest = manifest
-    return {"path": str(manifest), "data": data, "note": None}
+        summary.warnings.append(f"manifest {label} ignored: not readable JSON ({exc})")
+        return {"path": label, "data": None, "note": f"manifest {manifest.name} is not readable JSON"}
+    summary.manifest = shown.get(manifest, manifest)
+    return {"path": label, "data": data, "note": None}
 
 
-def _thumbnail_chunk(paths: list[str], size: int) -> list[tuple[str | None, str | None]]:
-    """(base64 JPEG, None) or (None, why not) per path; runs in a worker process or in-process."""
+def _thumbnail_chunk(
+    paths: list[str], size: int, storage: Storage | None = None
+) -> list[tuple[str | None, str | None]]:
+    """(base64 JPEG, None) or (None, why not) per path; runs in a worker process or in-process.
+    A URL is read with ``storage`` (one object in memory at a time, as ``predict`` reads it)."""
     out: list[tuple[str | None, str | None]] = []
     for path in paths:
         try:
+            if is_url(path):
+                storage = storage if storage is not None else Storage()
+                source: Path | IO[bytes] = io.BytesIO(storage.read(path))
+            else:
+                source = Path(path)
             # base64 holds no character that could end the <script> element or the JSON string
-            out.append((base64.b64encode(make_thumbnail(Path(path), size)).decode("ascii"), None))
-        except ImageError as exc:
+            out.append((base64.b64encode(make_thumbnail(source, size)).decode("ascii"), None))
+        except ImgclassifyError as exc:  # ImageError; for a URL also a missing extra or a bad option
             out.append((None, str(exc)))
         except (OSError, ValueError) as exc:  # a path the OS cannot even look at (NUL byte, too long)
             out.append((None, f"cannot read: {exc}"))
@@ -234,12 +262,14 @@ def default_workers() -> int:
     return 0 if cores < 2 else min(cores, 8)
 
 
-def _thumbnails(paths: Iterable[str], size: int, workers: int) -> Iterator[tuple[str | None, str | None]]:
+def _thumbnails(
+    paths: Iterable[str], size: int, workers: int, storage: Storage | None = None
+) -> Iterator[tuple[str | None, str | None]]:
     """Thumbnails in input order. With workers, at most ``4 * workers`` chunks of 16 are in flight: bounded memory."""
     chunks = _chunks(paths)
     if workers <= 0:
         for chunk in chunks:
-            yield from _thumbnail_chunk(chunk, size)
+            yield from _thumbnail_chunk(chunk, size, storage)
         return
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
@@ -247,7 +277,8 @@ def _thumbnails(paths: Iterable[str], size: int, workers: int) -> Iterator[tuple
     from imgclassify.system.parallel import ordered_map
 
     with ProcessPoolExecutor(workers) as pool:
-        made = ordered_map(partial(_thumbnail_chunk, size=size), chunks, executor=pool, window=4 * workers)
+        work = partial(_thumbnail_chunk, size=size, storage=storage)  # a Storage pickles without its filesystems
+        made = ordered_map(work, chunks, executor=pool, window=4 * workers)
         try:
             for thumbs in made:
                 yield from thumbs
@@ -267,28 +298,123 @@ def _chunks(paths: Iterable[str]) -> Iterator[list[str]]:
 
 
 def write_report(
-    results: Path,
-    output: Path,
+    results: Path | str,
+    output: Path | str,
     *,
-    manifest: Path | None = None,
+    manifest: Path | str | None = None,
     thumbnails: bool = True,
     thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
     results_format: OutputFormat | None = None,
     base_dir: Path | None = None,
     title: str | None = None,
     workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ReportSummary:
     """Write the HTML report of ``results`` to ``output``.
 
     Thumbnails are made in ``workers`` processes (default :func:`default_workers`; 0: in this
     process) and streamed to the file in input order, a bounded number in memory at a time.
     The file appears complete or not at all (written as ``OUTPUT.part``, then renamed).
+
+    ``results``, ``manifest`` and ``output`` may be object URLs given as strings (``s3://b/run.parquet``;
+    a :class:`~pathlib.Path` is always local): the results (with the manifest beside them, unless
+    ``manifest`` is given) are downloaded to a temporary folder first, and an output URL is written
+    there and then uploaded. ``storage_options``: keyword arguments for the fsspec filesystems
+    (``--storage-option``), also used to read the images of records whose path is a URL.
     """
     if thumbnail_size < 16 or thumbnail_size > 1024:
         raise UsageError(f"--thumbnail-size {thumbnail_size} is out of range; use 16 to 1024 (default 160)")
+    storage = Storage(storage_options)
+    labels: dict[Path, str] = {}  # downloaded copy -> the URL it came from
+    with contextlib.ExitStack() as stack:
+        if isinstance(output, str) and is_url(output):  # checked first: a bad URL costs no download
+            local_output = stack.enter_context(staged_upload(storage, output, option="--output"))
+        else:
+            local_output = Path(output)
+            if local_output.is_dir():
+                raise UsageError(f"--output {output} is a directory: give a file name")
+        folder = stack.enter_context(temporary_folder("imgclassify-report-"))
+        results_dir: Path | None = None
+        if isinstance(results, str) and is_url(results):
+            local_results = _download_results(results, storage, folder, find_manifest=manifest is None, labels=labels)
+        else:
+            local_results = Path(results)
+            results_dir = local_results.parent
+        local_manifest = Path(manifest) if manifest is not None else None
+        if isinstance(manifest, str) and is_url(manifest):
+            local_manifest = _download_manifest(manifest, storage, folder / "manifest", local_results.name)
+            labels[local_manifest] = manifest
+        try:
+            summary = _write_report(
+                local_results, local_output, manifest=local_manifest, thumbnails=thumbnails,
+                thumbnail_size=thumbnail_size, results_format=results_format, base_dir=base_dir, title=title,
+                workers=workers, storage=storage, results_dir=results_dir, labels=labels,
+            )  # fmt: skip
+        except ResultsFormatError as exc:  # named as given, not as the downloaded copy
+            text = str(exc)
+            for local, url in labels.items():
+                text = text.replace(str(local), url)
+            raise ResultsFormatError(text) from None
+    summary.output = output
+    return summary
+
+
+def _download_results(
+    url: str, storage: Storage, folder: Path, *, find_manifest: bool, labels: dict[Path, str]
+) -> Path:
+    """The results object at ``url`` downloaded into ``folder`` under its own name, with the manifest
+    beside it when ``find_manifest`` (``NAME.manifest.json``, else ``STEM.manifest.json``, as
+    :func:`default_manifest` looks beside a local file); each copy recorded in ``labels``."""
+    if is_http(url):
+        raise UsageError(f"report: RESULTS {url}: read a file or object storage (s3://, gs://, az://), not http(s)")
+    local = folder / object_name(url, "report: RESULTS")
+    if not storage.download(url, local):
+        raise ResultsNotFoundError(
+            f"results file {url} not found (no such object); pass the object a run wrote with "
+            "`imgclassify predict ... -o URL` (check the bucket and key)"
+        )
+    labels[local] = url
+    if find_manifest:
+        base = url[: len(url) - len(local.name)]
+        for name in dict.fromkeys((local.name + ".manifest.json", PurePosixPath(local.name).stem + ".manifest.json")):
+            if storage.download(base + name, folder / name):
+                labels[folder / name] = base + name
+                break
+    return local
+
+
+def _download_manifest(url: str, storage: Storage, folder: Path, results_name: str) -> Path:
+    """``--manifest URL`` downloaded into ``folder`` (a new one); a ManifestError when there is no such object."""
+    if is_http(url):
+        raise UsageError(f"--manifest {url}: read a file or object storage (s3://, gs://, az://), not http(s)")
+    folder.mkdir()
+    local = folder / object_name(url, "--manifest")
+    if not storage.download(url, local):
+        raise ManifestError(
+            f"manifest {url} not found; leave out --manifest to use {results_name}.manifest.json beside the results"
+        )
+    return local
+
+
+def _write_report(
+    results: Path,
+    output: Path,
+    *,
+    manifest: Path | None,
+    thumbnails: bool,
+    thumbnail_size: int,
+    results_format: OutputFormat | None,
+    base_dir: Path | None,
+    title: str | None,
+    workers: int | None,
+    storage: Storage,
+    results_dir: Path | None,
+    labels: Mapping[Path, str],
+) -> ReportSummary:
+    """:func:`write_report` with every file local (``labels``: the URLs of the downloaded ones, shown instead)."""
     summary = ReportSummary(output=output)
     entries = [_entry(record) for record in read_records(results, results_format)]
-    manifest_data = _read_manifest(manifest, results, summary)
+    manifest_data = _read_manifest(manifest, results, summary, labels)
     head, middle, tail = _template()
     page_title = title or f"imgclassify report: {csv_text(results.name)}"
     counts: Counter[tuple[int | None, str | None]] = Counter()
@@ -309,8 +435,9 @@ def write_report(
         stream.write(head.replace(_TITLE_MARK, html.escape(page_title)))
         stream.write("[")
         if thumbnails:
-            paths = (str(_resolve(entry["path"], results, base_dir)) for entry in shown)
-            for entry, (thumb, error) in zip(shown, _thumbnails(paths, thumbnail_size, workers), strict=True):
+            paths = (_resolve(entry["path"], results_dir, base_dir) for entry in shown)
+            made = _thumbnails(paths, thumbnail_size, workers, storage)
+            for entry, (thumb, error) in zip(shown, made, strict=True):
                 if thumb is None:
                     entry["thumb_error"] = error
                     summary.placeholders += 1
@@ -322,7 +449,7 @@ def write_report(
         stream.write(middle)
         data = {
             "title": page_title,
-            "results": csv_text(str(results)),
+            "results": csv_text(labels.get(results, str(results))),
             "thumbnails": thumbnails,
             "thumbnail_size": thumbnail_size,
             "records": entries,

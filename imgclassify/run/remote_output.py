@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgclassify.errors import UsageError
 from imgclassify.results.manifest import MANIFEST_SUFFIX, manifest_path_for
-from imgclassify.system.storage import Storage, StorageError, is_http
+from imgclassify.system.staging import object_name
+from imgclassify.system.storage import Storage, StorageError
 
 if TYPE_CHECKING:
     from imgclassify.run.runner import PredictOptions
@@ -50,11 +50,7 @@ def staged_output(options: PredictOptions, storage: Storage) -> Iterator[Predict
     in a local temporary folder; what the run wrote there is uploaded when the block ends."""
     url = options.output_url
     assert url is not None
-    if is_http(url):
-        raise UsageError(f"--output {url}: http(s) URLs are inputs only; write to a file or object storage")
-    name = url.rstrip("/").rsplit("/", 1)[-1]
-    if not name or url.endswith("/"):
-        raise UsageError(f"--output {url} names a prefix: give an object name (s3://bucket/results.jsonl)")
+    name = object_name(url, "--output")  # not http(s), not a prefix
     storage.filesystem(url)  # a missing extra fails now, before the model loads
     folder = Path(tempfile.mkdtemp(prefix="imgclassify-output-"))
     local = folder / name

@@ -408,7 +408,7 @@ class _Run:
             assert options.output is not None
             done, has_header = recorded_paths(options.output, fmt)
             header = not has_header
-        chunks = _Chunks(self.listing, summary, options, fmt, done, settings.batch_size)
+        chunks = _Chunks(self.listing, summary, options, fmt, done, max(128 * settings.batch_size, engine.min_chunk))
 
         manifest = None
         if self.manifest_path is not None:
@@ -465,8 +465,9 @@ class _Run:
 
 class _Chunks:
     """The listing, filtered (``--shard``, ``--resume``), handed to the engine in chunks as it is
-    listed: first ``128 x batch`` inputs (the first records come after one folder's listing,
-    whatever the input count), each chunk twice the last, up to :data:`LARGEST_CHUNK`. Records are
+    listed: first ``first`` inputs (``128 x batch``, or the engine's ``min_chunk``: the first
+    records come after one folder's listing, whatever the input count), each chunk twice the
+    last, up to :data:`LARGEST_CHUNK`. Records are
     the same whatever the chunks; the engine's decoders drain at each boundary (one batch's wait
     per chunk). The summary's counts follow the listing as it goes."""
 
@@ -480,10 +481,10 @@ class _Chunks:
         options: PredictOptions,
         fmt: OutputFormat,
         done: set[str] | None,
-        batch_size: int,
+        first: int,
     ) -> None:
         self.listing, self.summary, self.options, self.fmt, self.done = listing, summary, options, fmt, done
-        self.first = 128 * batch_size
+        self.first = first
         #: empty globs warned about while listing (the rest are at the end)
         self.globs_warned = 0
 

@@ -23,7 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgclassify.decode.imaging import DecodeOptions
+from imgclassify.decode.imaging import DecodeMode, DecodeOptions
 from imgclassify.decode.preprocess import Interpolation
 from imgclassify.errors import UsageError
 from imgclassify.options import ENV_PREFIX, ModelOptions, read_env
@@ -43,7 +43,7 @@ QUEUE_BATCHES = 2
 #: the one variable that carries a whole :class:`WorkerConfig` (JSON) to the worker processes
 CONFIG_ENV = ENV_PREFIX + "SERVER_CONFIG"
 #: the version of that JSON object's format: a worker reads only its own (bump it with any change)
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 THREADS_ENV = ENV_PREFIX + "THREADS"  # request threads per worker process, without CONFIG_ENV
 WORKERS_ENV = ENV_PREFIX + "WORKERS"
 
@@ -346,7 +346,7 @@ class _Object:
         return values
 
 
-_DECODE = _Object(DecodeOptions, {"fast": FLAG, "allow_truncated": FLAG, "max_pixels": INTEGER})
+_DECODE = _Object(DecodeOptions, {"mode": _choice(DecodeMode), "allow_truncated": FLAG, "max_pixels": INTEGER})
 _MODEL = _Object(ModelOptions, {
     "model": _optional(TEXT), "weights": _optional(PATH), "labels": _optional(PATH), "device": TEXT,
     "precision": _choice(Precision), "backend": _choice(Backend), "decode": _DECODE, "offline": FLAG,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -105,6 +106,16 @@ def _complete_prefix(text: str) -> int:
     return end
 
 
+def _ends_whole(path: Path) -> bool:
+    """The file is empty or ends with a line ending (the end of a record the writer finished)."""
+    with open(path, "rb") as raw:
+        size = raw.seek(0, os.SEEK_END)
+        if size == 0:
+            return True
+        raw.seek(size - 1)
+        return raw.read(1) in (b"\n", b"\r")
+
+
 class CsvFormat(RecordFormat):
     name = "csv"
     description = "CSV with a 'path' column"
@@ -124,29 +135,40 @@ class CsvFormat(RecordFormat):
         return CsvWriter(stream, top_k, header=header, lists=lists)
 
     def read(self, path: Path) -> Iterator[dict[str, Any]]:
+        """The records; a last record cut short by a killed run (the file does not end with a
+        newline: every record the writer finishes does) is skipped, as for JSON Lines."""
+        whole = _ends_whole(path)
         with open(path, encoding="utf-8", errors="surrogateescape", newline="") as stream:
             reader = csv.DictReader(stream)
             if "path" not in (reader.fieldnames or []):
                 raise ResultsFormatError(f"{path}: the CSV header has no 'path' column (expected path,class_id,...)")
+            pending: tuple[dict[str, Any], str] | None = None
             for row in reader:
-                where = f"{path}: line {reader.line_num}"
-                record: dict[str, Any] = {
-                    "path": row.get("path") or "",
-                    "class_id": _int(_cell(row, "class_id"), where),
-                    "wnid": _cell(row, "wnid"),
-                    "class_name": _cell(row, "class_name"),
-                    "probability": _float(_cell(row, "probability"), where),
-                    "error": _cell(row, "error"),
-                }
-                top = _cell(row, "top_k")
-                if top is not None:
-                    try:
-                        record["top_k"] = json.loads(top)
-                    except json.JSONDecodeError:
-                        raise ResultsFormatError(f"{where}: the top_k cell is not a JSON list") from None
-                if "confident" in row:
-                    record["confident"] = _bool(_cell(row, "confident"))
-                yield record
+                if pending is not None:
+                    yield self._record(*pending)
+                pending = (row, f"{path}: line {reader.line_num}")
+            if pending is not None and whole:
+                yield self._record(*pending)
+
+    @staticmethod
+    def _record(row: dict[str, Any], where: str) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "path": row.get("path") or "",
+            "class_id": _int(_cell(row, "class_id"), where),
+            "wnid": _cell(row, "wnid"),
+            "class_name": _cell(row, "class_name"),
+            "probability": _float(_cell(row, "probability"), where),
+            "error": _cell(row, "error"),
+        }
+        top = _cell(row, "top_k")
+        if top is not None:
+            try:
+                record["top_k"] = json.loads(top)
+            except json.JSONDecodeError:
+                raise ResultsFormatError(f"{where}: the top_k cell is not a JSON list") from None
+        if "confident" in row:
+            record["confident"] = _bool(_cell(row, "confident"))
+        return record
 
     def sniff(self, head: str) -> bool:
         return "path" in next(csv.reader([head.split("\n", 1)[0]]), [])

@@ -45,6 +45,10 @@ class Engine(Protocol):
         """Records for ``paths`` in input order, a list at a time, with ``settings`` (resolved for
         :attr:`device`: :meth:`RunSettings.resolve`)."""
 
+    #: the fewest inputs worth one :meth:`batches` call (the runner hands the listing over in
+    #: chunks, the first of ``128 x batch`` inputs; an engine whose calls cost more asks for more)
+    min_chunk: int
+
     def describe(self) -> dict[str, Any]:
         """The manifest's ``engine`` section (called at the start and again at the end)."""
 

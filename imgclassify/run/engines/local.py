@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 
 class LocalEngine:
+    #: a call costs a decode pool's start: the runner's own chunk sizes are fine
+    min_chunk = 0
+
     @dataclass(frozen=True)
     class Settings:
         """The local engine has no options of its own."""

@@ -1,14 +1,28 @@
 """The Ray engine: a ``predict`` run on a Ray cluster, with Ray Data doing the work.
 
-A Ray Dataset of ``{"index", "path"}`` rows (the paths must be readable on every node: shared
-storage); decoding as Ray tasks (:func:`decode_batch`, the same :class:`~imgclassify.decode.decoder.Decoder`
-as a local run: uint8 arrays, or an error string per file); the model in an actor pool
+A Ray Dataset of ``{"index", "path"}`` rows (local paths must be readable on every node: shared
+storage; URLs are read by the tasks); decoding as Ray tasks (:func:`decode_batch`, the same
+:class:`~imgclassify.decode.decoder.Decoder` as a local run: uint8 arrays, or an error string per
+file); the model in an actor pool
 (:class:`ModelActor`: one classifier per actor, built from the pickled
 :class:`~imgclassify.models.plan.ModelPlan`); top-k candidates back to the driver in input order
 (``preserve_order``), where the runner writes them as for a local run. Actors that die are
 restarted and their batches retried by Ray (Ray Data's actor pools default to unlimited
 ``max_restarts`` and ``max_task_retries``; decode tasks retry too); the
 driver still writes each input once (:class:`InOrder`).
+
+URL inputs (``s3://``, ``gs://``, ``az://``, ``http(s)://``) are read inside the decode tasks with
+the run's :class:`~imgclassify.system.storage.Storage` (its fsspec filesystems and the
+``--storage-option`` values, pickled with the task, never shown), through the local engine's own
+fetch stage (:func:`~imgclassify.decode.fetching.iter_fetched_batches`): up to
+:func:`~imgclassify.decode.fetching.fetch_threads` reads in flight per task (no more than its
+batch), about that many objects' bytes held, each object at most
+:data:`~imgclassify.system.storage.MAX_OBJECT_BYTES`, and a read that fails (a missing object, a
+404, access denied) is that input's error record, as locally. Not ``ray.data.read_binary_files``:
+it looks up every path on the driver before the run (again: the runner has listed them), a
+missing object fails the whole Dataset (``FileNotFoundError``) or, with ``ignore_missing_paths``,
+is dropped without a record; an object that fails to read later fails its read task for good;
+and it reads each object whole, with no size limit.
 
 The driver does not load the model: the labels come from the plan (a ``--weights`` file without
 ``--labels`` is read once by a Ray task for its class count) and the device from the cluster.
@@ -19,17 +33,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import ipaddress
 import logging
 import os
+import pickle
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from imgclassify.decode.decoder import Decoder
+from imgclassify.decode.fetching import fetch_threads
 from imgclassify.errors import EngineError, ImgclassifyError, UsageError
 from imgclassify.extras import install_hint
 from imgclassify.results.records import Candidate, Prediction
+from imgclassify.system.storage import is_url
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,6 +55,7 @@ if TYPE_CHECKING:
     from imgclassify.models.labels import Labels
     from imgclassify.models.plan import LabelSet, ModelPlan
     from imgclassify.run.settings import RunSettings
+    from imgclassify.system.storage import Storage
 
 log = logging.getLogger("imgclassify")
 
@@ -73,20 +92,48 @@ def loopback_only() -> Iterator[None]:
             os.environ[RAY_CLUSTER_SWITCH] = saved_env
 
 
-def decode_batch(batch: dict[str, np.ndarray], decoder: Decoder) -> dict[str, np.ndarray]:
-    """Ray task: paths -> uint8 NCHW images (zeros for a failure) and an error string per row ("" if none)."""
+#: this worker process's Storage: (a digest of the pickled Storage, the Storage), reused by the
+#: next task with the same options (a filesystem costs a few hundred ms to make; its connections stay)
+_worker_storage: tuple[str, Storage] | None = None
+
+
+def shared_storage(storage: Storage) -> Storage:
+    """The Storage this worker process already made for the same options, else ``storage`` (kept)."""
+    global _worker_storage
+    key = hashlib.sha256(pickle.dumps(storage)).hexdigest()  # the options, never shown
+    if _worker_storage is None or _worker_storage[0] != key:
+        _worker_storage = (key, storage)
+    return _worker_storage[1]
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], decoder: Decoder, storage: Storage | None = None, fetchers: int = 1
+) -> dict[str, np.ndarray]:
+    """Ray task: paths or URLs -> uint8 NCHW images (zeros for a failure) and an error string per row ("" if none).
+
+    A URL's bytes are read here (``storage``, up to ``fetchers`` reads in flight and about as many
+    objects' bytes held), then decoded as a local file is; a read that fails is that row's error."""
     import numpy as np
 
+    from imgclassify.decode.fetching import iter_fetched_batches
+    from imgclassify.system.storage import Storage
+
     size = decoder.preprocess.crop_size
-    paths = batch["path"]
+    paths = [str(path) for path in batch["path"]]
     images = np.zeros((len(paths), 3, size, size), dtype=np.uint8)
-    errors = []
-    for row, path in enumerate(paths):
-        tensor, error = decoder.try_decode(str(path))
-        if tensor is not None:
-            images[row] = tensor.numpy()
-        errors.append(error or "")
-    return {"index": batch["index"], "path": paths, "image": images, "error": np.array(errors, dtype=object)}
+    errors = [""] * len(paths)
+    urls = sum(map(is_url, paths))
+    storage = shared_storage(storage if storage is not None else Storage()) if urls else Storage()
+    # one input at a time: the fetch window is then max(2, fetchers) inputs ahead (local paths pass through)
+    for item in iter_fetched_batches(
+        paths, decoder, storage, batch_size=1, threads=0, fetchers=max(1, min(fetchers, urls))
+    ):
+        (row,) = item.indices
+        if item.errors:
+            errors[row] = item.errors[row]
+        else:
+            images[row] = item.tensor[0].numpy()
+    return {"index": batch["index"], "path": batch["path"], "image": images, "error": np.array(errors, dtype=object)}
 
 
 class ModelActor:
@@ -194,6 +241,10 @@ class InOrder:
 
 class RayEngine:
     """``--engine ray``: see the module docstring."""
+
+    #: the fewest inputs the runner hands one :meth:`batches` call (but the last): each call builds
+    #: its Dataset and actor pool, a model load per actor (about 6 s here), so chunks are large
+    min_chunk = 65536
 
     @dataclasses.dataclass(frozen=True)
     class Settings:
@@ -324,11 +375,13 @@ class RayEngine:
         check_cpus_left(actors, self.actor_cpus, cpus)
         plan = dataclasses.replace(self.plan, options=self.plan.options.replace(device=self.device))
         decoder = Decoder(plan.preprocess, plan.options.decode)
+        # URLs are read in the decode tasks, as many reads in flight per task as a local run has
+        fetchers = fetch_threads() if any(map(is_url, paths)) else 1
         dataset = (
             ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
             .map_batches(
                 decode_batch,  # type: ignore[arg-type]  # Ray's type has no room for fn_kwargs
-                fn_kwargs={"decoder": decoder},
+                fn_kwargs={"decoder": decoder, "storage": settings.storage, "fetchers": fetchers},
                 batch_size=batch_size,
                 batch_format="numpy",
                 # declared memory (a camera photo decodes to tens of MB); it also keeps Ray Data
