@@ -93,8 +93,9 @@ def test_predict_lite0_never_imports_timm_or_torchvision(tmp_path: Path) -> None
     out, modules = _imported_modules(*args, tmp_path=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout)
-    # the last printed decimal can differ between CPUs (0.558486 on a Xeon, 0.558487 on an EPYC)
-    assert record["class_id"] == 282 and abs(record["probability"] - 0.558486) <= 2e-6
+    # the default (reduced-scale) decoding of this 1,000+ px JPEG; the last printed decimal can
+    # differ between CPUs (0.558486 and 0.558487 with --exact-decode on a Xeon and an EPYC)
+    assert record["class_id"] == 282 and abs(record["probability"] - 0.5937715) <= 2e-6
     assert {m.split(".")[0] for m in modules} & {"timm", "torchvision"} == set()
 
 
