@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from imgclassify.system.storage import GLOB_CHARS, is_http, is_url
+from imgclassify.system.storage import GLOB_CHARS, is_http, is_url, walk_levels
 
 if TYPE_CHECKING:
     from imgclassify.system.storage import Storage
@@ -103,15 +103,7 @@ def _sorted_entries(folder: str) -> list[tuple[str, bool]]:
 def _walk(directory: str) -> Iterator[str]:
     """Every file below ``directory``, natural order by relative path, a folder at a time (only
     the folders on the way down are held); symlinked folders not followed."""
-    stack = [iter(_sorted_entries(directory))]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-        elif entry[1]:
-            stack.append(iter(_sorted_entries(entry[0])))
-        else:
-            yield entry[0]
+    return walk_levels(directory, _sorted_entries)
 
 
 def read_path_list(stream: TextIO) -> Iterator[str]:

@@ -115,6 +115,21 @@ def _read_reason(exc: BaseException) -> str:
     return f"cannot read: {text}"[:300]
 
 
+def walk_levels(root: str, level: Callable[[str], list[tuple[str, bool]]]) -> Iterator[str]:
+    """Depth-first over a tree a level at a time: ``level(folder)`` gives a folder's entries as
+    ``(name, walk_into)`` in the order wanted; leaves are yielded, folders walked in place. Only
+    the levels on the way down are held (local folders and object-store prefixes alike)."""
+    stack = [iter(level(root))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry[1]:
+            stack.append(iter(level(entry[0])))
+        else:
+            yield entry[0]
+
+
 class Storage:
     """Lists, reads and writes URLs; one fsspec filesystem per protocol, made on first use.
 
@@ -222,15 +237,8 @@ class Storage:
             found.sort(key=lambda item: (key(item[0].rpartition("/")[2]), item[0]))
             return found
 
-        stack = [iter(level(root))]
-        while stack:
-            entry = next(stack[-1], None)
-            if entry is None:
-                stack.pop()
-            elif entry[1]:
-                stack.append(iter(level(entry[0])))
-            else:
-                yield f"{scheme}://{entry[0]}"
+        for name in walk_levels(root, level):
+            yield f"{scheme}://{name}"
 
     def glob(self, pattern: str) -> list[tuple[str, bool]]:
         """The objects and prefixes matching ``pattern`` (``**`` spans prefixes), as ``(url, is_prefix)``
